@@ -1,0 +1,328 @@
+"""Typed, frozen, validated settings; loaded from YAML and `section.key=value` overrides.
+
+No Ray import here: settings cross into Ray as plain dicts (`to_dict`) and are rebuilt inside
+workers with `Config.from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FUSIONS = ("concat", "gated", "film", "cross_attention", "image_only", "text_only")
+POOLINGS = ("mean", "cls", "last")
+TEXT_ADAPTATIONS = ("frozen", "full", "lora")
+METRICS = ("val_accuracy", "val_macro_f1")
+DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"{section}.{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}"
+        )
+
+
+def _check_range(section: str, name: str, value: float, lo: float, hi: float | None = None) -> None:
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{section}.{name}={value!r} must be {bound}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The fused CNN + language-model classifier."""
+
+    backbone: str = "resnet18"
+    # A torchvision weights name ("DEFAULT", "IMAGENET1K_V1"), a local state-dict file
+    # (.safetensors or .pt), or None for random initialisation.
+    backbone_weights: str | None = None
+    # A Hugging Face hub id or local directory; None (or "none") for image-only models.
+    text_encoder: str | None = DEFAULT_TEXT_ENCODER
+    pooling: str = "mean"
+    text_adaptation: str = "frozen"
+    lora_rank: int = 8
+    max_text_length: int = 64
+    fusion: str = "concat"
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    modality_dropout: float = 0.2
+    image_size: int = 128
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_encoder, str) and self.text_encoder.lower() in ("", "none", "null"):
+            object.__setattr__(self, "text_encoder", None)
+        _check_choice("model", "fusion", self.fusion, FUSIONS)
+        _check_choice("model", "pooling", self.pooling, POOLINGS)
+        _check_choice("model", "text_adaptation", self.text_adaptation, TEXT_ADAPTATIONS)
+        if self.text_encoder is None and self.fusion != "image_only":
+            raise ValueError(
+                f"model.fusion={self.fusion!r} needs a text encoder; set model.text_encoder to a "
+                "hub id or local directory, or use model.fusion=image_only"
+            )
+        _check_range("model", "max_text_length", self.max_text_length, 1)
+        _check_range("model", "hidden_dim", self.hidden_dim, 1)
+        _check_range("model", "lora_rank", self.lora_rank, 1)
+        _check_range("model", "dropout", self.dropout, 0.0, 1.0)
+        _check_range("model", "modality_dropout", self.modality_dropout, 0.0, 1.0)
+        _check_range("model", "image_size", self.image_size, 16)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How labelled data is read and prepared for training."""
+
+    image_column: str = "image"
+    label_column: str = "label"
+    text_column: str = "text"
+    val_fraction: float = 0.1
+    augment: bool = True
+    # A run stops with an error when more than this fraction of images cannot be decoded.
+    max_bad_fraction: float = 0.05
+    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("data", "val_fraction", self.val_fraction, 0.0, 0.9)
+        _check_range("data", "max_bad_fraction", self.max_bad_fraction, 0.0, 1.0)
+        _check_range("data", "max_pixels", self.max_pixels, 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and distribution settings for `raycls train`."""
+
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    # Pretrained encoders (CNN with weights, text encoder) train at lr * encoder_lr_scale.
+    encoder_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    metric: str = "val_accuracy"
+    patience: int = 3
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum_steps", "num_workers", "patience"):
+            _check_range("train", name, getattr(self, name), 1)
+        _check_range("train", "keep_checkpoints", self.keep_checkpoints, 1)
+        _check_range("train", "lr", self.lr, 0.0)
+        _check_range("train", "encoder_lr_scale", self.encoder_lr_scale, 0.0)
+        _check_range("train", "warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        _check_range("train", "label_smoothing", self.label_smoothing, 0.0, 1.0)
+        _check_range("train", "cpus_per_worker", self.cpus_per_worker, 0.0)
+        _check_range("train", "gpus_per_worker", self.gpus_per_worker, 0.0)
+        _check_choice("train", "metric", self.metric, METRICS)
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Settings of the bulk pipeline (`raycls classify`)."""
+
+    captioner: str | None = None  # hub id or local directory of an image-to-text model
+    caption_prompt: str | None = None
+    max_new_tokens: int = 30
+    text_column: str | None = None  # alt-text already in the input
+    image_column: str = "image"
+    id_column: str | None = None
+    top_k: int = 5
+    batch_size: int = 64
+    caption_batch_size: int = 16
+    # Actor pools are sized independently; captioning is far slower than classification.
+    classify_actors: int = 1
+    caption_actors: int = 1
+    cpus_per_classify_actor: float = 1.0
+    cpus_per_caption_actor: float = 1.0
+    gpus_per_classify_actor: float = 0.0
+    gpus_per_caption_actor: float = 0.0
+    shard_size: int = 1000  # input rows per output Parquet file
+    max_pixels: int = 89_478_485
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.captioner, str) and self.captioner.lower() in ("", "none", "null"):
+            object.__setattr__(self, "captioner", None)
+        for name in ("max_new_tokens", "top_k", "batch_size", "caption_batch_size", "shard_size"):
+            _check_range("classify", name, getattr(self, name), 1)
+        for name in ("classify_actors", "caption_actors"):
+            _check_range("classify", name, getattr(self, name), 1)
+        for name in (
+            "cpus_per_classify_actor",
+            "cpus_per_caption_actor",
+            "gpus_per_classify_actor",
+            "gpus_per_caption_actor",
+        ):
+            _check_range("classify", name, getattr(self, name), 0.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings, one section per job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict, for crossing into Ray (train_loop_config, param_space)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Config:
+        """Rebuild from a nested dict; unknown sections or keys raise ValueError."""
+        data = data or {}
+        sections = {f.name: f.type for f in fields(cls)}
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise ValueError(
+                f"unknown config section(s) {sorted(unknown)}; valid sections: {sorted(sections)}"
+            )
+        built = {}
+        for f in fields(cls):
+            section_cls = _SECTION_TYPES[f.name]
+            built[f.name] = _build_section(f.name, section_cls, data.get(f.name) or {})
+        return cls(**built)
+
+    def replace(self, **sections: Any) -> Config:
+        """Copy with whole sections or `section.key` values replaced (dicts merge)."""
+        data = self.to_dict()
+        for name, value in sections.items():
+            if isinstance(value, dict):
+                data[name].update(value)
+            else:
+                data[name] = dataclasses.asdict(value)
+        return Config.from_dict(data)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "classify": ClassifyConfig,
+}
+
+
+def _build_section(section: str, section_cls: type, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(section_cls)
+    valid = [f.name for f in fields(section_cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(
+                f"unknown setting {section}.{key}; valid keys for {section!r}: {', '.join(valid)}"
+            )
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return section_cls(**kwargs)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check `value` against a field's type hint, converting strings from the command line."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "yes",
+            "1",
+            "on",
+            "false",
+            "no",
+            "0",
+            "off",
+        ):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError(f"{name} expects true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{name} expects a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} expects {hint.__name__}, got {value!r}") from None
+        if hint is int and not number.is_integer():
+            raise ValueError(f"{name} expects an integer, got {value!r}")
+        return hint(number)
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(f"{name} expects a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Turn ["train.lr=0.01", ...] into {"train": {"lr": "0.01"}}; values stay strings."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise ValueError(
+                f"override {item!r} must look like section.key=value, e.g. train.lr=0.001"
+            )
+        parsed = yaml.safe_load(value) if value.strip() else ""
+        # YAML turns "1e-3" into a string and "none" stays a string; _coerce handles both.
+        out.setdefault(section, {})[name] = value if isinstance(parsed, (dict, list)) else parsed
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge, `extra` winning."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in extra.items():
+        if isinstance(values, dict) and isinstance(out.get(section), dict):
+            out[section].update(values)
+        else:
+            out[section] = values
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    **sections: dict[str, Any],
+) -> Config:
+    """Defaults, then a YAML file, then keyword `sections`, then `section.key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping of sections")
+        data = loaded
+    data = merge(data, {k: v for k, v in sections.items() if v})
+    data = merge(data, parse_overrides(overrides))
+    return Config.from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write a YAML file that `load_config` (and `raycls train --config`) reads back."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,39 @@
+"""Connecting to Ray: a cluster when an address is given, else a local Ray started on the spot."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> str:
+    """Connect to `address` (or RAY_ADDRESS); without one start a local Ray. Returns where.
+
+    An already-initialised Ray (a test fixture, a job running on a cluster) is reused as is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "existing"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return address
+    # "local" forces a fresh embedded instance, so a stray `ray start` elsewhere on this
+    # machine is never joined by surprise. The dashboard is off: nothing listens beyond loopback.
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+    return "local"
+
+
+def cluster_is_multinode() -> bool:
+    """True when the connected Ray cluster has more than one alive node."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
