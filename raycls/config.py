@@ -25,7 +25,8 @@ DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(
-            f"{section}.{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}"
+            f"{section}.{name}={value!r} is not valid; "
+            f"choose one of: {', '.join(map(str, choices))}"
         )
 
 
