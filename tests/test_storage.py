@@ -1,0 +1,80 @@
+"""Storage paths: local vs remote, absolute paths for Ray Train, pyarrow filesystems."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pyarrow.fs
+import pytest
+
+from raycls import storage
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://bucket/prefix",
+        "gs://bucket/x",
+        "abfs://container@account/x",
+        "hdfs://nn:8020/p",
+        "S3://Bucket/k",
+    ],
+)
+def test_uris_with_a_scheme_are_remote(uri):
+    assert storage.is_remote(uri)
+    assert storage.resolve_storage_path(uri) == uri
+
+
+@pytest.mark.parametrize(
+    "path", ["runs/a", "/tmp/x", "./out", "~/out", "file:///tmp/x", "C:\\data\\out", "a:b"]
+)
+def test_local_paths_and_file_uris_are_not_remote(path):
+    assert not storage.is_remote(path)
+
+
+def test_resolve_storage_path_makes_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.resolve_storage_path("runs/a") == str(tmp_path / "runs" / "a")
+    assert storage.resolve_storage_path("file:///tmp/x%20y") == "/tmp/x y"
+    assert storage.resolve_storage_path("~/r") == os.path.expanduser("~/r")
+
+
+def test_get_filesystem_local_round_trip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fs, path = storage.get_filesystem("out")
+    assert isinstance(fs, pyarrow.fs.LocalFileSystem)
+    assert path == str(tmp_path / "out")
+    fs.create_dir(path)
+    with fs.open_output_stream(f"{path}/a.txt") as stream:
+        stream.write(b"hi")
+    fs2, path2 = storage.get_filesystem(f"file://{tmp_path}/out/a.txt")
+    assert isinstance(fs2, pyarrow.fs.LocalFileSystem)
+    assert fs2.open_input_stream(path2).read() == b"hi"
+
+
+def test_warns_only_for_local_paths_on_multinode_clusters(monkeypatch, caplog):
+    import ray
+
+    from raycls import runtime
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(runtime, "cluster_is_multinode", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="raycls.storage"):
+        storage.warn_if_local_on_multinode("s3://bucket/out")
+        assert not caplog.records
+        storage.warn_if_local_on_multinode("out/preds")
+    assert "out/preds" in caplog.text and "s3://" in caplog.text
+
+    caplog.clear()
+    monkeypatch.setattr(runtime, "cluster_is_multinode", lambda: False)
+    storage.warn_if_local_on_multinode("out/preds")
+    assert not caplog.records
+
+
+def test_no_warning_without_ray(monkeypatch, caplog):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    storage.warn_if_local_on_multinode("out/preds")
+    assert not caplog.records
