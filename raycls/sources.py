@@ -1,0 +1,334 @@
+"""Where data enters: list inputs, plan deterministic shards, read them into Ray Data.
+
+Inputs: a folder of images (recursive; ImageFolder for training), a .txt/.lst list of image
+paths, Parquet files, or WebDataset .tar files; local paths or URIs (s3://, gs://). Planning
+runs on the driver and only lists and reads metadata; the bytes are read by `read_shard` in
+Ray tasks (`shard_dataset`). Ray is imported only inside `shard_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raycls.images import IMAGE_EXTENSIONS
+from raycls.shards import ROW_SCHEMA, Shard, read_shard, relative_to, resolve
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = [
+    "ROW_SCHEMA",
+    "Shard",
+    "load_labeled",
+    "plan_shards",
+    "read_shard",
+    "shard_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+LIST_EXTENSIONS = (".txt", ".lst")
+PARQUET_EXTENSIONS = (".parquet", ".pq")
+TAR_EXTENSIONS = (".tar",)
+METADATA_FILE = "metadata.parquet"
+LOOKED_FOR = (
+    f"a folder of images ({' '.join(IMAGE_EXTENSIONS)}), a .txt/.lst list of image paths, "
+    "a Parquet file or folder, or a WebDataset .tar file or folder"
+)
+
+
+def plan_shards(
+    source: str, shard_size: int = 1000, *, text_column: str | None = "text"
+) -> list[Shard]:
+    """List `source` and group its rows into shards of about `shard_size` rows, in sorted order.
+
+    A folder with images is read as images (a `metadata.parquet` at its root adds text by
+    relative `path`); otherwise its Parquet or .tar files. Parquet shards are whole row groups;
+    a tar file is one shard. Names starting with "." are skipped.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size={shard_size} must be >= 1")
+    fs, base = resolve(source)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise ValueError(f"input {source!r} does not exist; expected {LOOKED_FOR}")
+    prefix = _uri_prefix(source, base)
+    if info.type == pafs.FileType.File:
+        ext = _ext(base)
+        if ext in LIST_EXTENSIONS:
+            return _file_shards(_read_list(fs, base, prefix + base), None, shard_size)
+        if ext in PARQUET_EXTENSIONS:
+            return _parquet_shards(fs, [base], prefix, shard_size)
+        if ext in TAR_EXTENSIONS:
+            return [Shard(0, "tar", (prefix + base,))]
+        if ext in IMAGE_EXTENSIONS:
+            return _file_shards([prefix + base], None, shard_size)
+        raise ValueError(
+            f"input file {source!r} has an unknown extension {ext!r}; expected {LOOKED_FOR}"
+        )
+    found = _list_folder(fs, base)
+    if found["image"]:
+        texts = _metadata_texts(fs, base, found["image"], text_column)
+        return _file_shards([prefix + p for p in found["image"]], texts, shard_size)
+    if found["parquet"] and found["tar"]:
+        raise ValueError(
+            f"folder {source!r} holds both Parquet and .tar files and no images; point the input "
+            "at one kind (a sub-folder or a single file)"
+        )
+    if found["parquet"]:
+        return _parquet_shards(fs, found["parquet"], prefix, shard_size)
+    if found["tar"]:
+        return [Shard(i, "tar", (prefix + p,)) for i, p in enumerate(found["tar"])]
+    raise ValueError(f"no input files found under {source!r}; expected {LOOKED_FOR}")
+
+
+def load_labeled(
+    source: str,
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+    text_column: str | None = "text",
+    shard_size: int = 1000,
+) -> tuple[list[Shard], list[str]]:
+    """Plan labelled training data; returns the shards and the sorted class names.
+
+    `source` is an ImageFolder (label = first folder below the root) or Parquet with a label
+    column. Read the shards with `shard_dataset(shards, label_column=..., labeled_root=source)`:
+    each kind uses the argument it needs.
+    """
+    shards = plan_shards(source, shard_size, text_column=text_column)
+    kind = shards[0].kind
+    if kind == "parquet":
+        return shards, _parquet_classes(shards, image_column, label_column)
+    fs, base = resolve(source)
+    if kind == "files" and fs.get_file_info(base).type == pafs.FileType.Directory:
+        return shards, _folder_classes(source, fs, base, shards)
+    got = "a list of files" if kind == "files" else "tar shards"
+    raise ValueError(
+        f"labelled data {source!r} must be an image folder laid out as root/<class>/<image> or "
+        f"Parquet with a {label_column!r} column, not {got}"
+    )
+
+
+def shard_dataset(shards: list[Shard], **read_kwargs: Any) -> ray.data.Dataset:
+    """A Ray Dataset of the rows of `shards` (ROW_SCHEMA), one streamed read task per shard.
+
+    `read_kwargs` go to `read_shard`. Memory per task is bounded by one shard.
+    """
+    import ray.data
+
+    if not shards:
+        raise ValueError("no shards to read; plan_shards found no input")
+    _check_parquet_columns(shards, read_kwargs)
+    items = [{"shard": json.dumps(s.to_dict())} for s in shards]
+    ds = ray.data.from_items(items, override_num_blocks=len(shards))
+    return ds.map_batches(_read_shards, fn_kwargs=read_kwargs, batch_size=1, batch_format="pyarrow")
+
+
+def _read_shards(batch: pa.Table, **read_kwargs: Any) -> pa.Table:
+    tables = [read_shard(json.loads(s), **read_kwargs) for s in batch.column("shard").to_pylist()]
+    return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
+
+
+def _check_parquet_columns(shards: list[Shard], read_kwargs: dict[str, Any]) -> None:
+    """Fail on the driver, not in a task, when the first Parquet file lacks a named column."""
+    first = next((s for s in shards if s.kind == "parquet"), None)
+    if first is None:
+        return
+    fs, path = resolve(first.paths[0])
+    names = pq.read_schema(path, filesystem=fs).names
+    for arg in ("image_column", "label_column", "id_column"):
+        name = read_kwargs.get(arg, "image" if arg == "image_column" else None)
+        if name is not None and name not in names:
+            raise ValueError(
+                f"{arg}={name!r} is not a column of {first.paths[0]}; available columns: {names}"
+            )
+
+
+def _ext(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
+
+
+def _uri_prefix(source: str, fs_path: str) -> str:
+    """What turns a filesystem path back into the URI the user gave ("" for local paths)."""
+    if "://" not in source:
+        return ""
+    src, path = source.rstrip("/"), fs_path.rstrip("/")
+    if not src.endswith(path):
+        raise ValueError(f"cannot map paths under {source!r} back to URIs; drop any ?query options")
+    return src[: len(src) - len(path)]
+
+
+def _list_folder(fs: pafs.FileSystem, base: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {"image": [], "parquet": [], "tar": []}
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        rel = info.path[len(base.rstrip("/")) + 1 :]
+        if info.type != pafs.FileType.File or any(p.startswith(".") for p in rel.split("/")):
+            continue
+        ext = _ext(info.path)
+        if ext in IMAGE_EXTENSIONS:
+            found["image"].append(info.path)
+        elif ext in PARQUET_EXTENSIONS and not info.base_name.startswith("_"):
+            found["parquet"].append(info.path)
+        elif ext in TAR_EXTENSIONS:
+            found["tar"].append(info.path)
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def _read_list(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
+    with fs.open_input_stream(path) as f:
+        lines = f.read().decode("utf-8").splitlines()
+    base = posixpath.dirname(uri) if "://" in uri else os.path.dirname(uri)
+    entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not entries:
+        raise ValueError(f"list file {uri!r} names no images (one path or URI per line)")
+    out = []
+    for entry in entries:
+        if "://" in entry or os.path.isabs(entry):
+            out.append(entry)
+        elif "://" in base:
+            scheme, rest = base.split("://", 1)
+            out.append(f"{scheme}://{posixpath.normpath(posixpath.join(rest, entry))}")
+        else:
+            out.append(os.path.normpath(os.path.join(base, entry)))
+    return out
+
+
+def _file_shards(paths: list[str], texts: list | None, shard_size: int) -> list[Shard]:
+    return [
+        Shard(
+            index=i // shard_size,
+            kind="files",
+            paths=tuple(paths[i : i + shard_size]),
+            num_rows=len(paths[i : i + shard_size]),
+            texts=None if texts is None else tuple(texts[i : i + shard_size]),
+        )
+        for i in range(0, len(paths), shard_size)
+    ]
+
+
+def _metadata_texts(
+    fs: pafs.FileSystem, base: str, images: list[str], text_column: str | None
+) -> list[str | None] | None:
+    meta_path = base.rstrip("/") + "/" + METADATA_FILE
+    if text_column is None or fs.get_file_info(meta_path).type != pafs.FileType.File:
+        return None
+    names = pq.read_schema(meta_path, filesystem=fs).names
+    if "path" not in names or text_column not in names:
+        logger.warning(
+            "%s has no 'path' and %r columns (has %s); images get no text",
+            meta_path,
+            text_column,
+            names,
+        )
+        return None
+    table = pq.read_table(meta_path, filesystem=fs, columns=["path", text_column])
+    by_path = dict(
+        zip(table.column("path").to_pylist(), _as_strings(table, text_column), strict=True)
+    )
+    root = len(base.rstrip("/")) + 1
+    return [by_path.get(p[root:]) for p in images]
+
+
+def _as_strings(table: pa.Table, column: str) -> list[str | None]:
+    return table.column(column).cast(pa.string()).to_pylist()
+
+
+def _parquet_shards(
+    fs: pafs.FileSystem, paths: list[str], prefix: str, shard_size: int
+) -> list[Shard]:
+    shards: list[Shard] = []
+
+    def emit(uri: str, groups: list[int], rows: int) -> None:
+        shards.append(Shard(len(shards), "parquet", (uri,), tuple(groups), rows))
+
+    for path in paths:
+        uri = prefix + path
+        try:
+            meta = pq.read_metadata(path, filesystem=fs)
+        except Exception as e:
+            raise ValueError(f"cannot read Parquet file {uri}: {type(e).__name__}: {e}") from e
+        groups, rows = [], 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if n > 2 * shard_size:
+                logger.warning(
+                    "%s row group %d has %d rows; shards never split row groups, so this one "
+                    "is read as a whole (rewrite with row_group_size~%d for parallel reads)",
+                    uri,
+                    g,
+                    n,
+                    shard_size,
+                )
+            if groups and rows + n > shard_size:
+                emit(uri, groups, rows)
+                groups, rows = [], 0
+            groups.append(g)
+            rows += n
+        if groups:
+            emit(uri, groups, rows)
+    if not shards:
+        raise ValueError(
+            f"Parquet input {paths[0]!r}{' and others' if len(paths) > 1 else ''} has no rows"
+        )
+    return shards
+
+
+def _parquet_classes(shards: list[Shard], image_column: str, label_column: str) -> list[str]:
+    labels: set[str] = set()
+    nulls = 0
+    for uri in dict.fromkeys(s.paths[0] for s in shards):
+        fs, path = resolve(uri)
+        names = pq.read_schema(path, filesystem=fs).names
+        for role, name in (("label", label_column), ("image", image_column)):
+            if name not in names:
+                raise ValueError(
+                    f"Parquet file {uri} has no {role} column {name!r}; available columns: "
+                    f"{names}; set data.{role}_column"
+                )
+        column = pq.read_table(path, filesystem=fs, columns=[label_column])
+        values = _as_strings(column, label_column)
+        nulls += values.count(None)
+        labels.update(v for v in values if v is not None)
+    if nulls:
+        logger.warning(
+            "%d rows have a null %r and will be skipped in training", nulls, label_column
+        )
+    if not labels:
+        raise ValueError(f"column {label_column!r} holds no labels in {shards[0].paths[0]}")
+    return sorted(labels)
+
+
+def _folder_classes(source: str, fs: pafs.FileSystem, base: str, shards: list[Shard]) -> list[str]:
+    counts: dict[str, int] = {}
+    for info in fs.get_file_info(pafs.FileSelector(base)):
+        if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
+            counts[info.base_name] = 0
+    loose = []
+    for shard in shards:
+        for path in shard.paths:
+            rel = relative_to(path, source) or ""
+            if "/" in rel:
+                counts[rel.split("/", 1)[0]] += 1
+            else:
+                loose.append(rel)
+    if loose:
+        raise ValueError(
+            f"{len(loose)} image(s) lie directly in {source!r} (e.g. {loose[0]!r}); an image "
+            "folder for training needs root/<class>/<image>: move them into class folders"
+        )
+    empty = sorted(name for name, n in counts.items() if n == 0)
+    if empty:
+        raise ValueError(
+            f"class folder(s) {empty} under {source!r} hold no images "
+            f"({' '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)"
+        )
+    return sorted(counts)

@@ -1,0 +1,242 @@
+"""Tests for raycls.sources / raycls.shards: planning and reading every kind of input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from raycls.images import decode_batch
+from raycls.shards import ROW_SCHEMA, Shard, read_shard
+from raycls.sources import load_labeled, plan_shards, shard_dataset
+
+
+def png(colour=(255, 0, 0), size=(8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """root/{cat,dog}/*.png plus distractions: metadata, a fake .JPG, hidden and text files."""
+    root = tmp_path / "imgs"
+    for label, n in (("cat", 3), ("dog", 2)):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            (root / label / f"{i}.png").write_bytes(png())
+    (root / "dog" / "fake.JPG").write_bytes(b"not really an image")
+    (root / "dog" / "notes.txt").write_text("ignore me")
+    (root / "cat" / "._0.png").write_bytes(b"macOS resource fork")
+    meta = pa.table({"path": ["cat/0.png", "dog/1.png"], "text": ["a cat", "a dog"]})
+    pq.write_table(meta, root / "metadata.parquet")
+    return root
+
+
+def test_shard_round_trip():
+    shard = Shard(3, "parquet", ("s3://b/x.parquet",), (0, 1), 20)
+    assert Shard.from_dict(json.loads(json.dumps(shard.to_dict()))) == shard
+    with pytest.raises(ValueError, match="kind 'zip'"):
+        Shard(0, "zip", ("a",))
+
+
+def test_folder_plan_and_read(folder):
+    shards = plan_shards(str(folder), shard_size=4)
+    assert [s.num_rows for s in shards] == [4, 2]
+    paths = [p for s in shards for p in s.paths]
+    assert paths == sorted(paths) and len(paths) == 6
+    assert not any(p.endswith((".txt", ".parquet", "._0.png")) for p in paths)
+    assert plan_shards(str(folder), shard_size=4) == shards
+    table = pa.concat_tables(read_shard(s.to_dict(), labeled_root=str(folder)) for s in shards)
+    assert table.schema == ROW_SCHEMA
+    rows = {os.path.relpath(r["key"], folder): r for r in table.to_pylist()}
+    assert rows["cat/0.png"]["text"] == "a cat" and rows["dog/0.png"]["text"] is None
+    assert rows["dog/1.png"]["label"] == "dog" and rows["cat/2.png"]["image"] == png()
+    assert rows["dog/fake.JPG"]["image"] == b"not really an image"  # decode flags it later
+    assert table.column("shard").to_pylist() == [0] * 4 + [1] * 2
+
+
+def test_missing_file_becomes_error_row(tmp_path):
+    (tmp_path / "a.png").write_bytes(png())
+    shard = Shard(0, "files", (str(tmp_path / "a.png"), str(tmp_path / "gone.png")))
+    rows = read_shard(shard).to_pylist()
+    assert rows[0]["error"] is None and rows[1]["image"] is None
+    assert "gone.png" in rows[1]["error"]
+
+
+def test_txt_list(tmp_path, folder):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# images\nimgs/cat/1.png\n\n{folder / 'dog/0.png'}\nimgs/missing.png\n")
+    shards = plan_shards(str(listing))
+    assert shards[0].paths == (
+        str(folder / "cat/1.png"),
+        str(folder / "dog/0.png"),
+        str(folder / "missing.png"),
+    )
+    rows = read_shard(shards[0]).to_pylist()
+    assert [r["error"] is None for r in rows] == [True, True, False]
+
+
+def test_parquet_with_id_and_text(tmp_path):
+    table = pa.table(
+        {
+            "id": [f"img{i}" for i in range(10)],
+            "image": [png() if i != 3 else None for i in range(10)],
+            "caption": [f"text {i}" for i in range(10)],
+        }
+    )
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=3)
+    pq.write_table(table.slice(0, 2), tmp_path / "part-1.parquet")
+    shards = plan_shards(str(tmp_path), shard_size=6)
+    assert [(Path(s.paths[0]).name, s.row_groups, s.num_rows) for s in shards] == [
+        ("part-0.parquet", (0, 1), 6),
+        ("part-0.parquet", (2, 3), 4),
+        ("part-1.parquet", (0,), 2),
+    ]
+    rows = read_shard(shards[1], text_column="caption", id_column="id").to_pylist()
+    assert [r["key"] for r in rows] == ["img6", "img7", "img8", "img9"]
+    assert rows[0]["text"] == "text 6" and rows[0]["image"] == png()
+    rows = read_shard(shards[0], text_column="nope").to_pylist()
+    assert rows[4]["key"].endswith("part-0.parquet#4") and rows[4]["text"] is None
+    assert rows[3]["image"] is None and rows[3]["error"] == "image is null"
+    with pytest.raises(ValueError, match="no image column 'img'.*available columns"):
+        read_shard(shards[0], image_column="img")
+
+
+def test_parquet_image_structs_and_paths(tmp_path):
+    (tmp_path / "a.png").write_bytes(png((0, 0, 255)))
+    hf = pa.table({"image": [{"bytes": png(), "path": "x.png"}]})
+    pq.write_table(hf, tmp_path / "hf.parquet")
+    assert (
+        read_shard(plan_shards(str(tmp_path / "hf.parquet"))[0]).column("image")[0].as_py() == png()
+    )
+    refs = pa.table({"image": ["a.png", "b.png"]})
+    pq.write_table(refs, tmp_path / "refs.parquet")
+    rows = read_shard(plan_shards(str(tmp_path / "refs.parquet"))[0]).to_pylist()
+    assert rows[0]["image"] == png((0, 0, 255)) and "b.png" in rows[1]["error"]
+
+
+def make_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_tar(tmp_path):
+    make_tar(
+        tmp_path / "shard-000.tar",
+        {
+            "s/a.jpg": png(),
+            "s/a.txt": b"caption a",
+            "s/a.cls": b"cat",
+            "s/b.png": png(),
+            "s/b.json": json.dumps({"caption": "caption b", "label": "dog"}).encode(),
+            "s/c.txt": b"no image here",
+        },
+    )
+    make_tar(tmp_path / "shard-001.tar", {"d.seg.png": png()})
+    shards = plan_shards(str(tmp_path))
+    assert [(s.kind, Path(s.paths[0]).name, s.num_rows) for s in shards] == [
+        ("tar", "shard-000.tar", None),
+        ("tar", "shard-001.tar", None),
+    ]
+    rows = read_shard(shards[0], label_column="label").to_pylist()
+    assert [r["key"].rsplit("#", 1)[1] for r in rows] == ["s/a", "s/b", "s/c"]
+    assert [r["text"] for r in rows] == ["caption a", "caption b", "no image here"]
+    assert [r["label"] for r in rows] == ["cat", "dog", None]
+    assert rows[0]["image"] == png() and "no image member" in rows[2]["error"]
+    assert read_shard(shards[1]).column("image")[0].as_py() == png()
+
+
+def test_corrupt_tar_names_file(tmp_path):
+    make_tar(tmp_path / "x.tar", {"a.png": png((1, 2, 3), (64, 64))})
+    data = (tmp_path / "x.tar").read_bytes()
+    (tmp_path / "x.tar").write_bytes(data[:700])
+    with pytest.raises(ValueError, match="cannot read tar shard .*x.tar"):
+        read_shard(plan_shards(str(tmp_path / "x.tar"))[0])
+
+
+def test_load_labeled_folder(folder):
+    shards, classes = load_labeled(str(folder))
+    assert classes == ["cat", "dog"]
+    (folder / "empty_class").mkdir()
+    with pytest.raises(ValueError, match=r"\['empty_class'\].*add images or remove"):
+        load_labeled(str(folder))
+    (folder / "empty_class").rmdir()
+    (folder / "loose.png").write_bytes(png())
+    with pytest.raises(ValueError, match="directly in .*root/<class>/<image>"):
+        load_labeled(str(folder))
+
+
+def test_load_labeled_parquet(tmp_path):
+    table = pa.table({"image": [png()] * 4, "y": [2, 10, 2, None], "text": ["a", None, "c", "d"]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    shards, classes = load_labeled(str(tmp_path / "train.parquet"), label_column="y")
+    assert classes == ["10", "2"]
+    assert read_shard(shards[0], label_column="y").column("label").to_pylist() == [
+        "2",
+        "10",
+        "2",
+        None,
+    ]
+    with pytest.raises(ValueError, match=r"no label column 'label'.*\['image', 'y', 'text'\]"):
+        load_labeled(str(tmp_path / "train.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "does not exist; expected a folder of images"),
+        (lambda p: p.mkdir(), "no input files found"),
+        (lambda p: p.write_text("x"), "unknown extension"),
+    ],
+)
+def test_bad_sources(tmp_path, make, message):
+    target = tmp_path / "input.bin"
+    make(target)
+    with pytest.raises(ValueError, match=message):
+        plan_shards(str(target))
+
+
+def test_tar_not_labelled(tmp_path):
+    make_tar(tmp_path / "a.tar", {"a.png": png()})
+    with pytest.raises(ValueError, match="must be an image folder"):
+        load_labeled(str(tmp_path))
+
+
+def test_shard_dataset(ray_local, folder, tmp_path):
+    shards, classes = load_labeled(str(folder), shard_size=2)
+    ds = shard_dataset(shards, labeled_root=str(folder))
+    rows = sorted(ds.take_all(), key=lambda r: r["key"])
+    assert len(rows) == 6 and {r["label"] for r in rows} == set(classes)
+    assert sorted({r["shard"] for r in rows}) == [0, 1, 2]
+    decoded = ds.map_batches(
+        decode_batch, fn_kwargs={"size": 8, "max_pixels": 10_000}, batch_format="numpy"
+    )
+    status = {
+        os.path.basename(r["key"]): (r["status"], r["pixels"].shape) for r in decoded.take_all()
+    }
+    assert status["fake.JPG"][0] == "error" and status["0.png"] == ("ok", (3, 8, 8))
+    pq.write_table(pa.table({"image": [png()] * 5}), tmp_path / "p.parquet", row_group_size=2)
+    with pytest.raises(ValueError, match="id_column='id' is not a column"):
+        shard_dataset(plan_shards(str(tmp_path / "p.parquet")), id_column="id")
+    assert shard_dataset(plan_shards(str(tmp_path / "p.parquet"), shard_size=2)).count() == 5
+
+
+def test_file_uri(folder):
+    uri = f"file://{folder}"
+    shards = plan_shards(uri + "/")
+    assert all(p.startswith(uri + "/") for s in shards for p in s.paths)
+    rows = read_shard(shards[0], labeled_root=uri).to_pylist()
+    assert rows[0]["key"] == f"{uri}/cat/0.png" and rows[0]["label"] == "cat"
+    assert rows[0]["text"] == "a cat" and rows[0]["image"] == png()
+    assert load_labeled(uri)[1] == ["cat", "dog"]
