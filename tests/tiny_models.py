@@ -1,0 +1,95 @@
+"""Tiny random Hugging Face text encoders with offline tokenizers, for fast tests.
+
+Each helper writes a model directory that `AutoModel.from_pretrained` and
+`AutoTokenizer.from_pretrained` read without network, and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    GPT2Config,
+    GPT2Model,
+    GPT2TokenizerFast,
+)
+
+WORDS = (
+    "a an the and of in on with is are this that photo picture image of cat dog bird car tree "
+    "red green blue small big white black house street sky water person people"
+).split()
+
+
+def make_tiny_bert(path: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
+    """A 2-layer BERT (hidden 32) with a WordPiece tokenizer over a small English vocab."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'-")
+    vocab = specials + sorted(set(WORDS)) + letters + [f"##{c}" for c in letters]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"), model_max_length=128)
+    tokenizer.save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 byte values, so any text encodes without unknowns."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def make_tiny_gpt2(path: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
+    """A 2-layer GPT-2 (hidden 32) with a byte-level BPE tokenizer and no pad token."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokens = _byte_alphabet()
+    merges = []
+    for word in sorted(set(WORDS)):
+        piece = "Ġ" + word[0]
+        if piece not in tokens:
+            merges.append(("Ġ", word[0]))
+            tokens.append(piece)
+        for ch in word[1:]:
+            if piece + ch not in tokens:
+                merges.append((piece, ch))
+                tokens.append(piece + ch)
+            piece += ch
+    tokens.append("<|endoftext|>")
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, model_max_length=128)
+    tokenizer.save_pretrained(path)
+    config = GPT2Config(
+        vocab_size=len(vocab),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=vocab["<|endoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    GPT2Model(config).save_pretrained(path)
+    return str(path)
