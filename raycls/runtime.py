@@ -7,6 +7,12 @@ import os
 
 logger = logging.getLogger(__name__)
 
+# Quiet, offline-friendly workers: no per-load progress bars from the hub or transformers.
+WORKER_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> str:
     """Connect to `address` (or RAY_ADDRESS); without one start a local Ray. Returns where.
@@ -21,6 +27,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return address
+    # Workers of a local Ray inherit this process's environment.
+    for name, value in WORKER_ENV.items():
+        os.environ.setdefault(name, value)
     # "local" forces a fresh embedded instance, so a stray `ray start` elsewhere on this
     # machine is never joined by surprise. The dashboard is off: nothing listens beyond loopback.
     ray.init(
@@ -37,3 +46,4 @@ def cluster_is_multinode() -> bool:
     import ray
 
     return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+

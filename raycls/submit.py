@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from raycls.runtime import WORKER_ENV
+
 logger = logging.getLogger(__name__)
 
 DASHBOARD_PORT = 8265
@@ -110,11 +112,12 @@ def build_job(args: list[str], working_dir: str | None = None) -> tuple[str, dic
             "--model s3://bucket/model --out s3://bucket/predictions"
         )
     root = Path(working_dir).expanduser().resolve() if working_dir else source_checkout()
+    runtime_env: dict[str, Any] = {"env_vars": dict(WORKER_ENV)}
     if root is None:
-        return shlex.join(["raycls", *args]), {}
+        return shlex.join(["raycls", *args]), runtime_env
     if not root.is_dir():
         raise ValueError(f"--working-dir {working_dir!r} is not a folder.")
-    runtime_env = {"working_dir": str(root), "excludes": list(WORKING_DIR_EXCLUDES)}
+    runtime_env.update(working_dir=str(root), excludes=list(WORKING_DIR_EXCLUDES))
     uploads_raycls = (root / "raycls" / "__init__.py").is_file()
     runner = ["python", "-m", "raycls"] if uploads_raycls else ["raycls"]
     return shlex.join([*runner, *args]), runtime_env
