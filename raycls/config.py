@@ -85,6 +85,8 @@ class DataConfig:
     text_column: str = "text"
     val_fraction: float = 0.1
     augment: bool = True
+    # Horizontal flips in augmentation; turn off where mirror images change the class (digits).
+    flip: bool = True
     # A run stops with an error when more than this fraction of images cannot be decoded.
     max_bad_fraction: float = 0.05
     max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
@@ -156,12 +158,15 @@ class ClassifyConfig:
     shard_size: int = 1000  # input rows per output Parquet file
     max_pixels: int = 89_478_485
     trust_remote_code: bool = False
+    # Images reach the captioner as RGB squares of this side (its processor resizes further).
+    caption_image_size: int = 384
 
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str) and self.captioner.lower() in ("", "none", "null"):
             object.__setattr__(self, "captioner", None)
         for name in ("max_new_tokens", "top_k", "batch_size", "caption_batch_size", "shard_size"):
             _check_range("classify", name, getattr(self, name), 1)
+        _check_range("classify", "caption_image_size", self.caption_image_size, 16)
         for name in ("classify_actors", "caption_actors"):
             _check_range("classify", name, getattr(self, name), 1)
         for name in (

@@ -1,0 +1,305 @@
+"""Training data on the driver: plan, split, check, and build the streamed Ray Datasets.
+
+Checks run before any training worker starts: one Ray Data pass decodes every image to find
+unreadable ones (keys, labels and statuses come back to the driver, never pixels), and the
+class lists of train and validation are compared. The datasets handed to Ray Train then read,
+decode and augment in Ray Data tasks while the workers train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from raycls.config import Config
+from raycls.images import ImageDecodeError, decode_batch, decode_image
+from raycls.shards import Shard, relative_to
+from raycls.sources import load_labeled, shard_dataset
+
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+# Rows per read task: small enough that several shards are in flight to mix in the workers'
+# shuffle buffers, large enough that per-task overhead stays small.
+SHARD_SIZE = 256
+DECODE_BATCH_SIZE = 64
+BAD_EXAMPLES = 10
+
+
+@dataclass
+class TrainData:
+    """The streamed datasets and what the driver learned about them."""
+
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    classes: list[str]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_data(
+    config: Config, train_data: str, val_data: str | None, data_cpus: float = 1.0
+) -> TrainData:
+    """Plan and check train/validation data; return Ray Datasets of pixels, text and label.
+
+    Without `val_data` a seeded fraction (data.val_fraction) of `train_data` is held out by a
+    hash of each example's path, so a resumed run sees the same split.
+    """
+    d = config.data
+    columns = {"image_column": d.image_column, "label_column": d.label_column}
+    shards, classes = load_labeled(
+        train_data, **columns, text_column=d.text_column, shard_size=SHARD_SIZE
+    )
+    shards = _mix_shards(shards, d.seed)
+    read = {**columns, "text_column": d.text_column}
+    train_raw = shard_dataset(shards, **read, labeled_root=train_data)
+    if val_data is None:
+        if d.val_fraction <= 0:
+            raise ValueError(
+                "no validation data: pass --val DATA or set data.val_fraction > 0 "
+                "(e.g. data.val_fraction=0.1)"
+            )
+        split = {"root": train_data, "seed": d.seed, "fraction": d.val_fraction}
+        val_raw = train_raw.map_batches(
+            _split_batch, fn_kwargs={**split, "keep_val": True}, batch_format="pyarrow"
+        )
+        train_raw = train_raw.map_batches(
+            _split_batch, fn_kwargs={**split, "keep_val": False}, batch_format="pyarrow"
+        )
+    else:
+        val_shards, val_classes = load_labeled(
+            val_data, **columns, text_column=d.text_column, shard_size=SHARD_SIZE
+        )
+        unknown = sorted(set(val_classes) - set(classes))
+        if unknown:
+            raise ValueError(
+                f"validation data {val_data!r} has class(es) {unknown} that training data "
+                f"{train_data!r} lacks; training classes: {classes}. Add training examples for "
+                "them or remove them from the validation data"
+            )
+        val_raw = shard_dataset(val_shards, **read, labeled_root=val_data)
+
+    train_scan = _scan(train_raw, d.max_pixels)
+    val_scan = _scan(val_raw, d.max_pixels)
+    summary = {
+        "train": _check_split("training", train_data, train_scan, d.max_bad_fraction),
+        "val": _check_split("validation", val_data or train_data, val_scan, d.max_bad_fraction),
+    }
+    _check_classes(classes, summary, train_data, val_data)
+    _check_text(config, summary)
+    if summary["train"]["rows"] < config.train.num_workers:
+        raise ValueError(
+            f"{summary['train']['rows']} readable training examples cannot feed "
+            f"{config.train.num_workers} workers; add data or lower --num-workers"
+        )
+
+    index = {name: i for i, name in enumerate(classes)}
+    prep = {"size": config.model.image_size, "max_pixels": d.max_pixels, "classes": index}
+    # Fresh augmentation each epoch: Ray Data re-runs the pipeline per epoch, seed None.
+    train = train_raw.map_batches(
+        _prepare_batch,
+        fn_kwargs={**prep, "train": d.augment, "flip": d.flip},
+        batch_size=DECODE_BATCH_SIZE,
+        num_cpus=data_cpus,
+    )
+    val = val_raw.map_batches(
+        _prepare_batch,
+        fn_kwargs={**prep, "train": False},
+        batch_size=DECODE_BATCH_SIZE,
+        num_cpus=data_cpus,
+    )
+    for ds in (train, val):
+        ds.context.enable_progress_bars = False  # re-run per epoch: bars would flood the log
+    return TrainData(train=train, val=val, classes=classes, summary=summary)
+
+
+def _mix_shards(shards: list[Shard], seed: int) -> list[Shard]:
+    """Deal image files into shards in a seeded random order; shuffle other shards' order.
+
+    An image folder lists files class by class; shards in that order would give each read task,
+    and so each stretch of a training epoch, one or two classes. Rows of a Parquet or tar shard
+    stay in file order. Each epoch then mixes further in the workers' local shuffle buffers;
+    Ray Data's randomize_block_order would also reorder per epoch, but it is an all-to-all step
+    that reads the whole data set before the first batch, which a streamed pipeline avoids.
+    """
+    rng = random.Random(seed)
+    if not shards or any(s.kind != "files" for s in shards):
+        order = list(shards)
+        rng.shuffle(order)
+        return [replace(s, index=i) for i, s in enumerate(order)]
+    rows = [
+        (p, None if s.texts is None else s.texts[i]) for s in shards for i, p in enumerate(s.paths)
+    ]
+    has_text = any(s.texts is not None for s in shards)
+    rng.shuffle(rows)
+    out = []
+    for start in range(0, len(rows), SHARD_SIZE):
+        chunk = rows[start : start + SHARD_SIZE]
+        out.append(
+            Shard(
+                index=len(out),
+                kind="files",
+                paths=tuple(p for p, _ in chunk),
+                num_rows=len(chunk),
+                texts=tuple(t for _, t in chunk) if has_text else None,
+            )
+        )
+    return out
+
+
+def split_is_val(keys: list[str], root: str, seed: int, fraction: float) -> np.ndarray:
+    """True for keys held out for validation: a hash of (seed, path relative to root)."""
+    out = np.zeros(len(keys), dtype=bool)
+    for i, key in enumerate(keys):
+        name = relative_to(key, root) or key
+        digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "big") / 2**64 < fraction
+    return out
+
+
+def _split_batch(
+    batch: pa.Table, *, root: str, seed: int, fraction: float, keep_val: bool
+) -> pa.Table:
+    # Arrow in and out: a numpy round trip would turn all-null columns into NaN floats.
+    is_val = split_is_val(batch.column("key").to_pylist(), root, seed, fraction)
+    return batch.filter(pa.array(is_val if keep_val else ~is_val))
+
+
+def _scan_batch(batch: dict[str, Any], *, max_pixels: int) -> dict[str, Any]:
+    """Decode each image only to learn whether it can be; keep key, label, text flag, error."""
+    errors = []
+    prior = batch.get("error")
+    for i, data in enumerate(batch["image"]):
+        if prior is not None and isinstance(prior[i], str) and prior[i]:
+            errors.append(prior[i])
+            continue
+        try:
+            decode_image(None if data is None else bytes(data), max_pixels)
+            errors.append("")
+        except ImageDecodeError as e:
+            errors.append(str(e))
+        except Exception as e:  # counted like any other unreadable image
+            errors.append(f"cannot decode image: {type(e).__name__}: {e}")
+    texts = batch.get("text")
+    return {
+        "key": batch["key"],
+        "label": batch["label"],
+        "has_text": np.array(
+            [isinstance(t, str) and bool(t.strip()) for t in texts]
+            if texts is not None
+            else [False] * len(errors)
+        ),
+        "error": np.array(errors, dtype=object),
+    }
+
+
+def _scan(ds: ray.data.Dataset, max_pixels: int) -> dict[str, np.ndarray]:
+    scanned = ds.map_batches(
+        _scan_batch, fn_kwargs={"max_pixels": max_pixels}, batch_size=DECODE_BATCH_SIZE
+    )
+    scanned.context.enable_progress_bars = False
+    rows = scanned.to_pandas()
+    return {name: rows[name].to_numpy() for name in ("key", "label", "has_text", "error")}
+
+
+def _check_split(
+    what: str, source: str, scan: dict[str, np.ndarray], max_bad_fraction: float
+) -> dict[str, Any]:
+    """Count rows, unreadable images and labels; stop when too many images are unreadable."""
+    total = len(scan["key"])
+    if total == 0:
+        raise ValueError(f"{what} data {source!r} has no examples")
+    bad = np.array([bool(e) for e in scan["error"]], dtype=bool)
+    unlabeled = np.array([lab is None for lab in scan["label"]], dtype=bool)
+    examples = [f"{k}: {e}" for k, e in zip(scan["key"][bad], scan["error"][bad], strict=True)]
+    if bad.any():
+        fraction = bad.sum() / total
+        message = (
+            f"{bad.sum()} of {total} {what} images ({fraction:.1%}) cannot be read and are "
+            f"skipped, e.g.\n  " + "\n  ".join(examples[:BAD_EXAMPLES])
+        )
+        if fraction > max_bad_fraction:
+            raise ValueError(
+                message + f"\nThat is over data.max_bad_fraction={max_bad_fraction}; fix or "
+                "remove these files, or raise data.max_bad_fraction to train anyway"
+            )
+        logger.warning(message)
+    if unlabeled.any():
+        logger.warning("%d %s rows have no label and are skipped", unlabeled.sum(), what)
+    good = ~bad & ~unlabeled
+    return {
+        "rows": int(good.sum()),
+        "bad": int(bad.sum()),
+        "unlabeled": int(unlabeled.sum()),
+        "with_text": int(scan["has_text"][good].sum()),
+        "bad_examples": examples[:BAD_EXAMPLES],
+        "per_class": dict(sorted(Counter(str(x) for x in scan["label"][good]).items())),
+    }
+
+
+def _check_classes(
+    classes: list[str], summary: dict[str, Any], train_data: str, val_data: str | None
+) -> None:
+    train_counts, val_counts = summary["train"]["per_class"], summary["val"]["per_class"]
+    empty = [c for c in classes if not train_counts.get(c)]
+    if empty:
+        raise ValueError(
+            f"class(es) {empty} have no readable training images in {train_data!r}; add images "
+            "or remove the class folder(s)"
+        )
+    missing = [c for c in classes if not val_counts.get(c)]
+    if not missing:
+        return
+    if val_data is not None:
+        raise ValueError(
+            f"class(es) {missing} are in the training data but have no readable examples in the "
+            f"validation data {val_data!r}; add validation examples for them, or train without "
+            "--val to hold out data.val_fraction of the training data"
+        )
+    logger.warning(
+        "the held-out validation split has no examples of %s; raise data.val_fraction or pass "
+        "--val for a validation set that covers every class",
+        missing,
+    )
+
+
+def _check_text(config: Config, summary: dict[str, Any]) -> None:
+    if config.model.fusion != "image_only" and summary["train"]["with_text"] == 0:
+        logger.warning(
+            "model.fusion=%s uses text but no training example has any (data.text_column=%r); "
+            "the text branch will learn nothing. Use --fusion image_only or add text",
+            config.model.fusion,
+            config.data.text_column,
+        )
+
+
+def _prepare_batch(
+    batch: dict[str, Any],
+    *,
+    size: int,
+    max_pixels: int,
+    train: bool,
+    classes: dict[str, int],
+    flip: bool = True,
+) -> dict[str, Any]:
+    """Decode (and for training augment), drop unreadable or unlabelled rows, index labels."""
+    out = decode_batch(batch, size=size, max_pixels=max_pixels, train=train, flip=flip)
+    labels = np.array([classes.get(lab, -1) if lab is not None else -1 for lab in out["label"]])
+    keep = (out["status"] == "ok") & (labels >= 0)
+    texts = out.get("text")
+    if texts is None:
+        texts = np.array([None] * len(labels), dtype=object)
+    return {
+        "key": out["key"][keep],
+        "pixels": out["pixels"][keep],
+        "text": texts[keep],
+        "label": labels[keep].astype(np.int64),
+    }

@@ -1,0 +1,88 @@
+"""Evaluation and metrics: a tiny saved model scored on generated digits, in-process and via Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from raycls.cli import cli
+from raycls.config import ModelConfig
+from raycls.datasets import make_dataset
+from raycls.evaluate import evaluate, format_report
+from raycls.metrics import classification_metrics, top_k_accuracy
+from raycls.models import build_model, save_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    """An untrained image-only model over the 10 digit classes, and the digits test split."""
+    root = tmp_path_factory.mktemp("eval")
+    make_dataset("digits", root / "digits", per_class=1, size=16)
+    config = ModelConfig(fusion="image_only", text_encoder=None, image_size=32, hidden_dim=16)
+    save_model(build_model(config, [str(i) for i in range(10)]), root / "model")
+    return root / "model", root / "digits" / "test"
+
+
+def test_classification_metrics_count_absent_classes():
+    m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), num_classes=3)
+    assert m["accuracy"] == 0.75 and m["count"] == 4
+    assert m["macro_recall"] == pytest.approx((0.5 + 1 + 0) / 3)
+    scores = np.array([[0.1, 0.5, 0.4], [0.8, 0.15, 0.05]])
+    assert top_k_accuracy(np.array([2, 2]), scores, 2) == 0.5
+
+
+def test_evaluate_writes_metrics_and_plot(setup, tmp_path):
+    model_dir, data = setup
+    metrics = evaluate(str(model_dir), str(data), str(tmp_path / "report"), batch_size=50)
+    assert metrics["count"] == 270 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert "top5_accuracy" in metrics and metrics["top5_accuracy"] >= metrics["accuracy"]
+    assert metrics["per_class"]["3"]["support"] == 27
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 270
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1"} <= set(saved)
+    png = (tmp_path / "report" / "confusion_matrix.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+    table = format_report(metrics)
+    assert "accuracy" in table and "macro_f1" in table and "\n9 " in table
+
+
+def test_unreadable_images_are_skipped_and_listed(setup, tmp_path):
+    model_dir, data = setup
+    copy = tmp_path / "test"
+    shutil.copytree(data, copy)
+    broken = sorted((copy / "4").glob("*.png"))[0]
+    broken.write_bytes(b"")
+    metrics = evaluate(str(model_dir), str(copy))
+    assert metrics["count"] == 269 and metrics["bad_count"] == 1
+    assert broken.name in metrics["bad_examples"][0]
+
+
+def test_unknown_class_in_data_is_an_error(setup, tmp_path):
+    model_dir, data = setup
+    copy = tmp_path / "test"
+    shutil.copytree(data, copy)
+    shutil.copytree(copy / "1", copy / "eleven")
+    with pytest.raises(ValueError, match=r"\['eleven'\].*not trained on"):
+        evaluate(str(model_dir), str(copy))
+
+
+def test_evaluate_through_ray_data_matches_in_process(ray_local, setup):
+    model_dir, data = setup
+    local = evaluate(str(model_dir), str(data))
+    remote = evaluate(str(model_dir), str(data), address="auto")
+    assert remote["count"] == local["count"]
+    assert np.array_equal(remote["confusion_matrix"], local["confusion_matrix"])
+
+
+def test_cli_evaluate_prints_a_table(setup, tmp_path):
+    model_dir, data = setup
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(model_dir), str(data), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and (tmp_path / "r" / "confusion_matrix.png").exists()
