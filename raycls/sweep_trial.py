@@ -1,0 +1,73 @@
+"""One sweep trial: a Tune function that runs one Ray Train run and relays its epochs to Tune.
+
+The Train run is named by the trial id and stored under the sweep's `trials/` folder, so a
+trial that restarts (a resumed sweep) continues from its last Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from raycls.config import Config
+from raycls.search_space import apply_params
+from raycls.sweep_results import DONE_FILE
+
+logger = logging.getLogger(__name__)
+
+STARTS_FILE = "starts.txt"
+
+
+def run_trial(
+    params: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    data: Any,
+    trials_dir: str,
+    custom_per_worker: dict[str, float] | None = None,
+) -> None:
+    """Tune trainable: base config + sampled `params` -> a TorchTrainer fit, reported per epoch."""
+    import ray.train
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raycls.train import build_trainer
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_dir = Path(trials_dir) / trial_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / STARTS_FILE, "a") as starts:
+        starts.write(f"{time.time():.3f}\n")  # one line per start: a resumed trial shows two
+    config = apply_params(Config.from_dict(base), params)  # a bad combination fails the trial
+    trainer = build_trainer(
+        config,
+        data,
+        storage_path=trials_dir,
+        name=trial_id,
+        extra_resources=custom_per_worker,
+        callbacks=[TuneReportCallback()],
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.WorkerGroupError as error:
+        # Train's own message truncates the workers' tracebacks in the middle, often cutting
+        # out the line that says what went wrong; the results table wants that line.
+        raise RuntimeError(f"training failed: {_worker_failures(error)}") from error
+    (run_dir / DONE_FILE).write_text(
+        json.dumps(
+            {"metrics": result.metrics, "checkpoint": getattr(result.checkpoint, "path", None)},
+            default=str,
+        )
+    )
+
+
+def _worker_failures(error: Any) -> str:
+    """`ValueError: ... (rank 0)` for each failed worker, from a WorkerGroupError."""
+    parts = []
+    for rank, failure in sorted(getattr(error, "worker_failures", {}).items()):
+        cause = getattr(failure, "cause", None) or failure  # RayTaskError wraps the original
+        parts.append(f"{type(cause).__name__}: {cause} (rank {rank})")
+    return "; ".join(parts) or str(error)

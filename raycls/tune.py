@@ -1,0 +1,329 @@
+"""`run_sweep`: hyperparameter search with Ray Tune over Ray Train runs.
+
+Each trial is a driver function that builds the trial's Config (base + sampled values) and
+fits a TorchTrainer; Train's per-epoch reports reach Tune through `TuneReportCallback`, so
+ASHA can stop weak trials after any epoch. OUT holds:
+
+    sweep/                    the Tune experiment (rerunning the same command resumes it)
+    trials/<trial_id>/        each trial's Ray Train run (checkpoints) and its start/done marks
+    results.parquet/.csv      one row per trial (see raycls.sweep_results)
+    val_metric_per_epoch.png  the validation metric per epoch, a line per trial
+    best_model/               the best trial's best checkpoint, in the model-directory format
+    best_config.yaml          that trial's full Config (`raycls train --config` reads it)
+    summary.json              what `run_sweep` returns
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from raycls.config import METRICS, Config, save_config
+from raycls.search_space import Param, apply_params, build_search_space, describe
+from raycls.storage import is_remote
+from raycls.sweep_cluster import (
+    DRIVER_RESOURCES,
+    PlacementGroupReaper,
+    TrialPlan,
+    plan_trials,
+    state_api_available,
+)
+from raycls.sweep_results import (
+    best_trial,
+    export_model,
+    frames_from_results,
+    plot_history,
+    results_table,
+    write_results,
+)
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "sweep"
+TRIALS_DIR = "trials"
+SETTINGS_FILE = "sweep_settings.json"
+SCHEDULERS = ("asha", "none")
+SEARCHES = ("random", "optuna")
+
+
+def run_sweep(
+    config: Config,
+    train_data: str,
+    val_data: str | None,
+    out: str,
+    *,
+    num_samples: int = 8,
+    max_concurrent: int = 2,
+    epochs: int = 5,
+    search_space: dict[str, Any] | None = None,
+    scheduler: str = "asha",
+    search: str = "random",
+    metric: str = "val_accuracy",
+    resources_per_trial: dict[str, float] | None = None,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Search hyperparameters; export results, plot, best model and config to `out`.
+
+    Args:
+        search_space: parsed YAML (see raycls.search_space); None for the default space.
+        resources_per_trial: all Train workers of one trial together, e.g. {"cpu": 1}.
+    Returns the summary written to OUT/summary.json: paths, counts, the best trial and the
+    results table as records.
+    """
+    _check_choices(scheduler, search, metric, num_samples, epochs)
+    if is_remote(out):
+        raise ValueError(f"--out {out!r}: a sweep writes to a local or shared-filesystem path")
+    base = config.replace(train={"epochs": epochs, "metric": metric})
+    space = build_search_space(search_space, base)  # every error before Ray starts
+    out_dir = Path(out).resolve()
+    settings = _settings(base, space, train_data, val_data, num_samples, scheduler, search)
+    _check_same_sweep(out_dir, settings)
+    started = time.time()
+
+    _init_ray(address)
+    import ray
+
+    plan = plan_trials(base, resources_per_trial, max_concurrent, ray.cluster_resources())
+    base = base.replace(
+        train={
+            "cpus_per_worker": plan.cpus_per_worker,
+            "gpus_per_worker": plan.gpus_per_worker,
+            "use_gpu": plan.use_gpu,
+        }
+    )
+    logger.info("search space: %s", describe(space))
+    logger.info(
+        "trials: %d, %d at a time, each holding %s",
+        num_samples,
+        plan.max_concurrent,
+        plan.per_trial,
+    )
+    from raycls.train_data import prepare_data
+
+    data = prepare_data(base, train_data, val_data, plan.data_cpus)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, default=str))
+
+    tuner = _tuner(base, space, data, plan, out_dir, num_samples, scheduler, search, metric)
+    grid = tuner.fit()
+    summary = export_results(grid, base, space, out_dir, metric, epochs)
+    summary["elapsed_s"] = round(time.time() - started, 1)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _check_choices(scheduler: str, search: str, metric: str, samples: int, epochs: int) -> None:
+    for name, value, choices in (
+        ("scheduler", scheduler, SCHEDULERS),
+        ("search", search, SEARCHES),
+        ("metric", metric, METRICS),
+    ):
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
+    if samples < 1 or epochs < 1:
+        raise ValueError(f"num_samples and epochs must be >= 1, got {samples} and {epochs}")
+
+
+def _settings(
+    base: Config,
+    space: dict[str, Param],
+    train_data: str,
+    val_data: str | None,
+    num_samples: int,
+    scheduler: str,
+    search: str,
+) -> dict[str, Any]:
+    return {
+        "config": base.to_dict(),
+        "space": describe(space),
+        "train_data": train_data,
+        "val_data": val_data,
+        "num_samples": num_samples,
+        "scheduler": scheduler,
+        "search": search,
+    }
+
+
+def _check_same_sweep(out_dir: Path, settings: dict[str, Any]) -> None:
+    """A rerun resumes only the sweep it started; other settings need another OUT."""
+    path = out_dir / SETTINGS_FILE
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    current = json.loads(json.dumps(settings, default=str))
+    changed = sorted(k for k in current if k != "config" and previous.get(k) != current[k])
+    # Resources are re-planned for the cluster at hand; everything else must match.
+    keep = ("cpus_per_worker", "gpus_per_worker", "use_gpu")
+    old_cfg, new_cfg = previous.get("config", {}), current["config"]
+    for section in new_cfg:
+        for key, value in new_cfg[section].items():
+            if key not in keep and old_cfg.get(section, {}).get(key) != value:
+                changed.append(f"{section}.{key}")
+    if changed:
+        raise ValueError(
+            f"{out_dir} holds a sweep with other settings ({', '.join(changed)}); rerun with "
+            "the same arguments to resume it, or pass a new --out"
+        )
+
+
+def _init_ray(address: str | None) -> None:
+    """Like raycls.runtime.init_ray, but a local Ray gets its dashboard (on 127.0.0.1 only).
+
+    Ray Train frees the workers of a trial that Tune stopped through the state API, which the
+    dashboard serves; without it `PlacementGroupReaper` does that job.
+    """
+    import os
+
+    import ray
+
+    from raycls.runtime import init_ray
+
+    if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):
+        init_ray(address)
+        return
+    ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        logging_level=logging.WARNING,
+    )
+
+
+def _param_space(space: dict[str, Param]) -> dict[str, dict[str, Any]]:
+    from ray import tune
+
+    domains = {
+        "loguniform": lambda lo, hi: tune.loguniform(lo, hi),
+        "uniform": lambda lo, hi: tune.uniform(lo, hi),
+        "randint": lambda lo, hi: tune.randint(lo, hi + 1),  # inclusive in our YAML
+        "choice": lambda *values: tune.choice(list(values)),
+        "fixed": lambda value: value,
+    }
+    nested: dict[str, dict[str, Any]] = {}
+    for p in space.values():
+        nested.setdefault(p.section, {})[p.name] = domains[p.kind](*p.values)
+    return nested
+
+
+def trial_dirname(trial: Any) -> str:
+    """Trial folders named by trial id alone: stable, short, and what the results table shows."""
+    return trial.trial_id
+
+
+def _tuner(
+    base: Config,
+    space: dict[str, Param],
+    data: Any,
+    plan: TrialPlan,
+    out_dir: Path,
+    num_samples: int,
+    scheduler: str,
+    search: str,
+    metric: str,
+):
+    from ray import tune
+
+    from raycls.sweep_trial import run_trial
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base=base.to_dict(),
+            data=data,
+            trials_dir=str(out_dir / TRIALS_DIR),
+            custom_per_worker=plan.custom_per_worker,
+        ),
+        dict(DRIVER_RESOURCES),
+    )
+    path = str(out_dir / EXPERIMENT)
+    if tune.Tuner.can_restore(path):
+        logger.info("resuming the sweep in %s (finished trials are kept, not rerun)", path)
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
+    asha = None
+    if scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        asha = ASHAScheduler(
+            time_attr="epoch", max_t=base.train.epochs, grace_period=1, reduction_factor=2
+        )
+    searcher = _searcher(search, base.train.seed, plan.max_concurrent)
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            num_samples=num_samples,
+            scheduler=asha,
+            search_alg=searcher,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=str(out_dir),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            callbacks=[PlacementGroupReaper()],
+            verbose=1,
+        ),
+    )
+
+
+def _searcher(search: str, seed: int, max_concurrent: int):
+    """Random search by default; Optuna's TPE behind a ConcurrencyLimiter on request.
+
+    TuneConfig(max_concurrent_trials) is not used: Tune ignores it for a BasicVariantGenerator
+    passed in (needed here for its random_state), so each searcher gets its own limit.
+    """
+    if search == "optuna":
+        try:
+            from ray.tune.search import ConcurrencyLimiter
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError as error:
+            raise ValueError("search=optuna needs optuna: pip install 'raycls[optuna]'") from error
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+
+
+def export_results(
+    grid: Any, base: Config, space: dict[str, Param], out_dir: Path, metric: str, epochs: int
+) -> dict[str, Any]:
+    """Results table, plot, best model and best config from a Tune ResultGrid."""
+    trials, history = frames_from_results(grid, list(space), out_dir / TRIALS_DIR)
+    table = results_table(trials, history, metric, epochs)
+    paths = write_results(table, out_dir)
+    plot = plot_history(history, table, metric, out_dir / "val_metric_per_epoch.png")
+    # Plain Python values, None for NaN (failed trials): JSON-ready, and exact for the config.
+    records = table.astype(object).where(table.notna(), None).to_dict("records")
+    best = best_trial(table, metric)
+    if best is not None:
+        best = next(r for r in records if r["trial_id"] == best["trial_id"])
+    summary: dict[str, Any] = {
+        "out": str(out_dir),
+        "metric": metric,
+        **{f"results_{k}": v for k, v in paths.items()},
+        "plot": plot,
+        "num_trials": len(table),
+        "best_model": None,
+        "best_config": None,
+        "best_trial": best,
+        "status_counts": table["status"].value_counts().to_dict() if len(table) else {},
+        "state_api": state_api_available(),
+    }
+    if best is not None:
+        config = apply_params(base, {k: best[k] for k in space if k in best})
+        from raycls.train_loop import MODEL_DIR
+
+        summary["best_model"] = export_model(
+            best["best_checkpoint"], out_dir / "best_model", MODEL_DIR
+        )
+        summary["best_config"] = str(out_dir / "best_config.yaml")
+        save_config(config, summary["best_config"])
+    summary["trials"] = records
+    return summary
