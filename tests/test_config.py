@@ -70,8 +70,14 @@ def test_image_only_needs_no_text_encoder_but_others_do():
         load_config(overrides=["model.text_encoder=none"])
 
 
-@pytest.mark.parametrize(
-    "path", sorted(p for p in REPO.rglob("*.yaml") if "configs" in p.parts), ids=str
+SHIPPED = sorted(
+    p
+    for folder in (REPO / "raycls" / "configs", REPO / "configs")
+    for p in folder.rglob("*.yaml")
+    if "search" not in p.parts  # search spaces are validated by tests/test_tune.py
 )
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     load_config(path)
