@@ -1,0 +1,219 @@
+"""The bulk pipeline (Ray Data): list inputs -> deterministic shards -> read bytes -> decode ->
+caption (optional actor pool) -> classify (actor pool) -> one Parquet file per shard.
+
+Result rows stream back to the driver (small columns only: pixels and bytes stay in the
+workers), and each shard's file is committed as soon as all its rows have arrived. A rerun on
+the same OUT_DIR skips committed shards; see `raycls.output` for the manifest rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from raycls.config import ClassifyConfig
+from raycls.output import OutputDir, ShardCollector, model_fingerprint, result_schema
+from raycls.shards import Shard, resolve
+from raycls.sources import plan_shards
+from raycls.storage import get_filesystem, is_remote, warn_if_local_on_multinode
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 15.0
+# Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.
+IDENTITY_SETTINGS = ("shard_size", "captioner", "caption_prompt", "max_new_tokens",
+                     "text_column", "image_column", "id_column", "top_k", "max_pixels")  # fmt: skip
+
+
+def classify(
+    input: str,
+    model_dir: str,
+    out_dir: str,
+    config: ClassifyConfig,
+    *,
+    overwrite: bool = False,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Classify every image of `input` into Parquet under `out_dir`; returns a summary.
+
+    Every input row appears exactly once in the output, with status "ok" or "error" (and the
+    message). Shards already committed by an earlier run of the same command are skipped.
+
+    Raises:
+        ValueError: bad input, model or settings; `out_dir` holds another run's results and
+            `overwrite` is False.
+    """
+    from raycls.runtime import init_ray
+
+    started = time.perf_counter()
+    shards = plan_shards(input, config.shard_size, text_column=config.text_column)
+    out = OutputDir(out_dir)
+    manifest = _manifest(input, model_dir, shards, config)
+    done = out.prepare(manifest, overwrite=overwrite)
+    pending = [s for s in shards if s.index not in done]
+    logger.info(
+        "classify: %d shards (%d already done) from %s into %s",
+        len(shards), len(shards) - len(pending), input, out.uri,
+    )  # fmt: skip
+    rows: dict[str, int] = {}
+    if pending:
+        init_ray(address)
+        warn_if_local_on_multinode(out_dir)
+        rows = _run(pending, model_dir, out, config, _key_name(shards))
+    elapsed = time.perf_counter() - started
+    total = out.count_rows(done & {s.index for s in shards})
+    for status, n in rows.items():
+        total[status] = total.get(status, 0) + n
+    summary = {
+        "output": out.uri,
+        "model": model_dir,
+        "shards": len(shards),
+        "shards_done": len(pending),
+        "shards_skipped": len(shards) - len(pending),
+        "rows": sum(rows.values()),
+        "ok": rows.get("ok", 0),
+        "error": rows.get("error", 0),
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(sum(rows.values()) / elapsed, 1) if elapsed > 0 else 0.0,
+        "total_rows": sum(total.values()),
+        "total_ok": total.get("ok", 0),
+        "total_error": total.get("error", 0),
+    }
+    out.write_manifest({**manifest, "complete": True, "summary": summary})
+    logger.info("classify finished: %s", json.dumps(summary))
+    return summary
+
+
+def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -> Any:
+    """The lazy Ray Dataset of result rows (key, routing columns, predictions, status, error).
+
+    One read task per shard. Before a CPU actor, reading and decoding take that actor's
+    resources so that Ray Data fuses them into it (no pixel copies through the object store);
+    before a GPU actor they run as separate 1-CPU tasks that keep the GPU fed.
+    """
+    import ray.data
+
+    from raycls.stages import CaptionStage, ClassifyStage, decode_rows, read_shards
+
+    c = config
+    actors = [
+        _actor(CaptionStage, (c.captioner,), c.caption_actors, c.cpus_per_caption_actor,
+               c.gpus_per_caption_actor, c.caption_batch_size, prompt=c.caption_prompt,
+               max_new_tokens=c.max_new_tokens, trust_remote_code=c.trust_remote_code),
+        _actor(ClassifyStage, (model_dir,), c.classify_actors, c.cpus_per_classify_actor,
+               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k),
+    ][0 if c.captioner else 1 :]  # fmt: skip
+    fused = actors[0]["num_gpus"] is None
+    prep_cpus = actors[0]["num_cpus"] if fused else 1.0
+    read_kwargs = {"image_column": c.image_column, "text_column": c.text_column,
+                   "id_column": c.id_column}  # fmt: skip
+    decode_kwargs = {"size": _image_size(model_dir), "max_pixels": c.max_pixels,
+                     "caption_size": c.caption_image_size if c.captioner else None,
+                     "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
+    items = [{"shard": json.dumps(s.to_dict())} for s in shards]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # batch_size=None: a fused operator bundles inputs up to its largest batch_size, which
+    # would put that many *shards* into one task. The stages chunk their input themselves.
+    ds = ds.map_batches(read_shards, fn_kwargs=read_kwargs, batch_size=None,
+                        batch_format="pyarrow", num_cpus=prep_cpus)  # fmt: skip
+    ds = ds.map_batches(decode_rows, fn_kwargs=decode_kwargs, batch_size=None,
+                        batch_format="numpy", num_cpus=prep_cpus)  # fmt: skip
+    for i, actor in enumerate(actors):
+        if fused and i == 0:
+            # One shard per task; a second queued shard would wait behind a slow one.
+            actor.update(batch_size=None, compute=_pool(actor["size"], in_flight=1))
+        else:
+            actor.update(compute=_pool(actor["size"]))
+        del actor["size"]
+        ds = ds.map_batches(**actor)
+    return ds
+
+
+def _actor(
+    cls: type, args: tuple, size: int, cpus: float, gpus: float, batch_size: int, **kwargs: Any
+) -> dict[str, Any]:
+    """map_batches arguments for an actor pool stage (torch threads = reserved CPUs)."""
+    kwargs.update(batch_size=batch_size, num_cpus=cpus, use_gpu=gpus > 0)
+    return {
+        "fn": cls,
+        "fn_constructor_args": args,
+        "fn_constructor_kwargs": kwargs,
+        "batch_size": batch_size,
+        "batch_format": "numpy",
+        "size": size,
+        "num_cpus": cpus,
+        "num_gpus": gpus or None,
+    }
+
+
+def _pool(size: int, in_flight: int | None = None) -> Any:
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=in_flight)
+
+
+def _run(
+    shards: list[Shard], model_dir: str, out: OutputDir, config: ClassifyConfig, key_name: str
+) -> dict[str, int]:
+    """Stream result rows to the driver; commit each shard's file once its rows are complete."""
+    ds = build_dataset(shards, model_dir, config)
+    collector = ShardCollector(result_schema(key_name), model_name=model_dir)
+    todo = {s.index for s in shards}
+    counts: dict[str, int] = {}
+    started = last_log = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        for index, table in collector.add(batch):
+            out.write_shard(index, table)
+            todo.discard(index)
+            for item in table.column("status").value_counts().to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        if time.perf_counter() - last_log > PROGRESS_EVERY_S:
+            last_log = time.perf_counter()
+            rows = sum(counts.values())
+            logger.info(
+                "classify: %d/%d shards committed, %d rows, %.1f images/s",
+                len(shards) - len(todo), len(shards), rows, rows / (last_log - started),
+            )  # fmt: skip
+    if collector.in_flight:
+        raise RuntimeError(f"{collector.in_flight} shards ended incomplete; rerun to resume")
+    for index in sorted(todo):  # shards without rows (an empty Parquet row group, an empty tar)
+        out.write_shard(index, collector.schema.empty_table())
+    return counts
+
+
+def _manifest(
+    input: str, model_dir: str, shards: list[Shard], config: ClassifyConfig
+) -> dict[str, Any]:
+    plan = json.dumps([s.to_dict() for s in shards], sort_keys=True).encode()
+    identity = {
+        "input": input if is_remote(input) else resolve(input)[1],
+        "model_sha256": model_fingerprint(model_dir)["sha256"],
+        "input_listing_sha256": hashlib.sha256(plan).hexdigest(),
+    }
+    identity.update({name: getattr(config, name) for name in IDENTITY_SETTINGS})
+    if config.captioner is None:  # caption settings change nothing without a captioner
+        identity.update(caption_prompt=None, max_new_tokens=None)
+    return {
+        "format": 1,
+        "identity": identity,
+        "model_dir": model_dir,
+        "shards": len(shards),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "complete": False,
+    }
+
+
+def _key_name(shards: list[Shard]) -> str:
+    """`id` for Parquet input (ids or file#row), `path` for image files and tar samples."""
+    return "id" if shards and shards[0].kind == "parquet" else "path"
+
+
+def _image_size(model_dir: str) -> int:
+    fs, base = get_filesystem(model_dir)
+    with fs.open_input_stream(base.rstrip("/") + "/config.json") as f:
+        data = json.loads(f.read())
+    section = data.get("model", data) if isinstance(data.get("model"), dict) else data
+    return int(section.get("image_size", 128))

@@ -1,0 +1,236 @@
+"""Where classify results leave: one Parquet file per input shard, committed atomically, and a
+manifest that makes a rerun skip finished shards and refuse to mix two models' results.
+
+No Ray import: the driver feeds result batches to `ShardCollector` and writes what it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raycls.storage import get_filesystem, is_remote
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+PART = re.compile(r"^part-(\d{6})\.parquet$")
+# Columns of the result batches that only route rows to their shard file.
+ROUTING = ("shard", "shard_rows", "row")
+
+
+def result_schema(key_name: str) -> pa.Schema:
+    """The output columns: plain Arrow types that pyarrow, pandas, DuckDB and Spark all read."""
+    return pa.schema(
+        [
+            (key_name, pa.string()),
+            ("label", pa.string()),
+            ("score", pa.float32()),
+            ("top_k_labels", pa.list_(pa.string())),
+            ("top_k_scores", pa.list_(pa.float32())),
+            ("caption", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("model", pa.string()),
+        ]
+    )
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
+def model_fingerprint(model_dir: str) -> dict[str, Any]:
+    """Identity of a saved model: a hash of config.json and of the weights' size, head and tail.
+
+    Cheap on multi-GB weights (reads 2 MiB) yet changes whenever a model is retrained.
+    """
+    fs, base = get_filesystem(model_dir)
+    base = base.rstrip("/")
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        path = f"{base}/{name}"
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise ValueError(
+                f"model directory {model_dir!r} has no {name}; give a directory written by "
+                "`raycls train` (config.json, model.safetensors, text_encoder/)"
+            )
+        digest.update(f"{name}:{info.size}".encode())
+        with fs.open_input_file(path) as f:
+            digest.update(f.read(1 << 20))
+            if info.size > 2 << 20:
+                f.seek(info.size - (1 << 20))
+                digest.update(f.read(1 << 20))
+    return {"dir": model_dir, "sha256": digest.hexdigest()}
+
+
+class OutputDir:
+    """OUT_DIR: `part-NNNNNN.parquet` per shard plus `_manifest.json`, local or object store."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri.rstrip("/")
+        self.fs, self.path = get_filesystem(uri)
+        self.path = self.path.rstrip("/")
+        self.atomic_rename = not is_remote(uri)
+
+    def prepare(self, manifest: dict[str, Any], *, overwrite: bool) -> set[int]:
+        """Check or write the manifest; return the indices of shards already committed.
+
+        Raises:
+            ValueError: OUT_DIR holds results of another model, input or settings (and
+                `overwrite` is False).
+        """
+        self.fs.create_dir(self.path, recursive=True)
+        old = self._read_manifest()
+        parts = self._parts()
+        if overwrite:
+            self._clear(parts)
+            old, parts = None, {}
+        elif old is None and parts:
+            raise ValueError(
+                f"{self.uri} holds {len(parts)} part files but no {MANIFEST}; choose an empty "
+                "OUT_DIR or pass --overwrite to delete them"
+            )
+        elif old is not None:
+            changed = [
+                k for k in manifest["identity"] if old["identity"].get(k) != manifest["identity"][k]
+            ]
+            if changed:
+                raise ValueError(_mismatch_message(self.uri, old["identity"], manifest, changed))
+        self._remove_stale_temps()
+        if old is None:
+            self.write_manifest(manifest)
+        return set(parts)
+
+    def write_shard(self, index: int, table: pa.Table) -> None:
+        """Commit one shard's file: temp name then rename locally; one PUT on object stores."""
+        final = f"{self.path}/{part_name(index)}"
+        target = (
+            f"{self.path}/.{part_name(index)}.{uuid.uuid4().hex}.tmp"
+            if self.atomic_rename
+            else final
+        )
+        pq.write_table(table, target, filesystem=self.fs, compression="snappy")
+        if self.atomic_rename:
+            self.fs.move(target, final)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        data = json.dumps(manifest, indent=2, default=str).encode()
+        final = f"{self.path}/{MANIFEST}"
+        target = f"{final}.{uuid.uuid4().hex}.tmp" if self.atomic_rename else final
+        with self.fs.open_output_stream(target) as f:
+            f.write(data)
+        if self.atomic_rename:
+            self.fs.move(target, final)
+
+    def count_rows(self, indices: set[int] | list[int]) -> dict[str, int]:
+        """Rows per status in committed shards (reads only the small `status` column)."""
+        counts: dict[str, int] = {}
+        for index in indices:
+            path = f"{self.path}/{part_name(index)}"
+            table = pq.read_table(path, columns=["status"], filesystem=self.fs)
+            for item in table.column("status").value_counts().to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        return counts
+
+    def _parts(self) -> dict[int, str]:
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        found = {}
+        for info in self.fs.get_file_info(selector):
+            match = PART.match(info.base_name)
+            if match and info.type == pafs.FileType.File:
+                found[int(match[1])] = info.path
+        return found
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        path = f"{self.path}/{MANIFEST}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+
+    def _clear(self, parts: dict[int, str]) -> None:
+        if parts:
+            logger.info("overwrite: deleting %d part files in %s", len(parts), self.uri)
+        for path in parts.values():
+            self.fs.delete_file(path)
+        manifest = f"{self.path}/{MANIFEST}"
+        if self.fs.get_file_info(manifest).type == pafs.FileType.File:
+            self.fs.delete_file(manifest)
+
+    def _remove_stale_temps(self) -> None:
+        # Left by a run killed between writing and renaming; harmless, but clutter.
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.base_name.startswith(".part-") and info.base_name.endswith(".tmp"):
+                self.fs.delete_file(info.path)
+
+
+def _mismatch_message(uri: str, old: dict, manifest: dict, changed: list[str]) -> str:
+    diffs = "; ".join(f"{k}: {old.get(k)!r} -> {manifest['identity'][k]!r}" for k in changed)
+    return (
+        f"{uri} holds results of a different run ({diffs}). Rerun with the same model, input "
+        "and settings to resume, choose another OUT_DIR, or pass --overwrite to delete the old "
+        "results"
+    )
+
+
+class ShardCollector:
+    """Gathers streamed result rows by shard; hands back a shard's table once all rows arrived.
+
+    Memory holds only the small result columns of shards still in flight.
+    """
+
+    def __init__(self, schema: pa.Schema, model_name: str) -> None:
+        self.schema = schema
+        self.model_name = model_name
+        self._pending: dict[int, list[pa.Table]] = {}
+        self._rows: dict[int, set[int]] = {}
+        self._expected: dict[int, int] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def add(self, batch: pa.Table) -> list[tuple[int, pa.Table]]:
+        """Add a batch of result rows; return (shard index, table) for each shard now complete."""
+        done = []
+        shards = batch.column("shard")
+        for index in pc.unique(shards).to_pylist():
+            part = batch.filter(pc.equal(shards, index))
+            self._pending.setdefault(index, []).append(part)
+            self._rows.setdefault(index, set()).update(part.column("row").to_pylist())
+            self._expected[index] = part.column("shard_rows")[0].as_py()
+            if len(self._rows[index]) >= self._expected[index]:
+                done.append((index, self._finish(index)))
+        return done
+
+    def _finish(self, index: int) -> pa.Table:
+        table = pa.concat_tables(self._pending.pop(index))
+        del self._rows[index], self._expected[index]
+        table = table.sort_by("row")
+        # A retried task may repeat rows; keep the first of each.
+        rows = table.column("row").to_numpy()
+        if len(rows) > 1 and (rows[1:] == rows[:-1]).any():
+            keep = [0] + [i for i in range(1, len(rows)) if rows[i] != rows[i - 1]]
+            table = table.take(keep)
+        return self.to_output(table)
+
+    def to_output(self, table: pa.Table) -> pa.Table:
+        """Result rows (with routing columns) -> the output schema."""
+        table = table.rename_columns(
+            [self.schema.names[0] if n == "key" else n for n in table.column_names]
+        )
+        model = pa.array([self.model_name] * table.num_rows, pa.string())
+        table = table.append_column("model", model)
+        return table.select(self.schema.names).cast(self.schema)
