@@ -135,12 +135,30 @@ def submit_and_check(url: str, command: list[str], capsys, *, expect_ok: bool = 
     return printed
 
 
-def test_submitted_job_runs_the_uploaded_raycls(ray_head, tmp_path, capsys):
-    pytest.importorskip("raycls.datasets")
-    out = tmp_path / "digits"
-    submit_and_check(ray_head, ["make-dataset", "digits", str(out), "--per-class", "2"], capsys)
-    assert (out / "train").is_dir()
-    assert any((out / "train").rglob("*.png")) or any(out.rglob("*.parquet"))
+def test_submitted_classify_job_writes_parquet(ray_head, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from raycls.config import ModelConfig
+    from raycls.datasets import make_dataset
+    from raycls.models import build_model, save_model
+
+    make_dataset("digits", tmp_path / "digits", per_class=2, size=16)
+    images = tmp_path / "digits" / "test"
+    labels = sorted(p.name for p in images.iterdir() if p.is_dir())
+    model = ModelConfig(backbone="resnet18", image_size=32, text_encoder=None, fusion="image_only")
+    save_model(build_model(model, labels), tmp_path / "model")
+    out = tmp_path / "predictions"
+
+    submit_and_check(
+        ray_head,
+        ["classify", str(images), "--model", str(tmp_path / "model"), "--out", str(out)],
+        capsys,
+    )
+    table = pq.read_table(out)
+    expected = sum(1 for _ in images.rglob("*.png"))
+    assert table.num_rows == expected > 0
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert set(table.column("label").to_pylist()) <= set(labels)
 
 
 def test_failed_job_exits_nonzero_and_shows_its_error(ray_head, capsys):
