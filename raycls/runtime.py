@@ -14,10 +14,13 @@ WORKER_ENV = {
 }
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> str:
+def init_ray(
+    address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False
+) -> str:
     """Connect to `address` (or RAY_ADDRESS); without one start a local Ray. Returns where.
 
     An already-initialised Ray (a test fixture, a job running on a cluster) is reused as is.
+    `dashboard` gives a local Ray its dashboard, bound to 127.0.0.1 only.
     """
     import ray
 
@@ -31,11 +34,12 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> str:
     for name, value in WORKER_ENV.items():
         os.environ.setdefault(name, value)
     # "local" forces a fresh embedded instance, so a stray `ray start` elsewhere on this
-    # machine is never joined by surprise. The dashboard is off: nothing listens beyond loopback.
+    # machine is never joined by surprise. Nothing listens beyond loopback.
     ray.init(
         address="local",
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
         logging_level=logging.WARNING,
     )
     return "local"

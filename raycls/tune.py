@@ -170,26 +170,14 @@ def _check_same_sweep(out_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def _init_ray(address: str | None) -> None:
-    """Like raycls.runtime.init_ray, but a local Ray gets its dashboard (on 127.0.0.1 only).
+    """A local Ray gets its dashboard (on 127.0.0.1 only).
 
     Ray Train frees the workers of a trial that Tune stopped through the state API, which the
     dashboard serves; without it `PlacementGroupReaper` does that job.
     """
-    import os
-
-    import ray
-
     from raycls.runtime import init_ray
 
-    if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):
-        init_ray(address)
-        return
-    ray.init(
-        address="local",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        logging_level=logging.WARNING,
-    )
+    init_ray(address, dashboard=True)
 
 
 def _param_space(space: dict[str, Param]) -> dict[str, dict[str, Any]]:
