@@ -4,7 +4,7 @@ From the repository root, with the cluster's dashboard at http://127.0.0.1:8265 
 client sends the cluster token, ~/.ray/auth_token, only when RAY_AUTH_MODE=token is set):
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/train.py --config my_config.yaml
+        python jobs/train.py s3://bucket/train --val s3://bucket/val --out s3://bucket/models/new
 
 The arguments are those of `raycls train` (`raycls train --help`);
 `raycls submit -- train ...` does the same in one step.

@@ -4,7 +4,7 @@ From the repository root, with the cluster's dashboard at http://127.0.0.1:8265 
 client sends the cluster token, ~/.ray/auth_token, only when RAY_AUTH_MODE=token is set):
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/tune.py --config my_config.yaml
+        python jobs/tune.py /mnt/nfs/train --val /mnt/nfs/val --out /mnt/nfs/sweep --num-samples 16
 
 The arguments are those of `raycls tune` (`raycls tune --help`);
 `raycls submit -- tune ...` does the same in one step.
