@@ -50,4 +50,3 @@ def cluster_is_multinode() -> bool:
     import ray
 
     return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
-
