@@ -225,6 +225,13 @@ def decode_batch(
             errors[i] = str(e)
         except Exception as e:  # a per-row failure must not stop a bulk job
             errors[i] = f"cannot decode image: {type(e).__name__}: {e}"
+    return with_pixels(batch, pixels, errors)
+
+
+def with_pixels(
+    batch: dict[str, Any], pixels: np.ndarray, errors: list[str | None]
+) -> dict[str, Any]:
+    """The batch without its image bytes, plus `pixels`, `error` and `status` per row."""
     out = {k: v for k, v in batch.items() if k != "image"}
     out["pixels"] = pixels
     out["error"] = np.array(errors, dtype=object)

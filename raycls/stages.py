@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raycls.images import ImageDecodeError, decode_image, preprocess
+from raycls.images import ImageDecodeError, decode_image, preprocess, with_pixels
 from raycls.shards import Shard, read_shard
 
 logger = logging.getLogger(__name__)
@@ -105,10 +105,7 @@ def _decode_chunk(
             errors[i] = str(e)
         except Exception as e:  # a per-row failure must not stop a bulk job
             errors[i] = f"cannot decode image: {type(e).__name__}: {e}"
-    out = {k: v for k, v in batch.items() if k != "image"}
-    out["pixels"] = pixels
-    out["error"] = np.array(errors, dtype=object)
-    out["status"] = np.array(["ok" if e is None else "error" for e in errors], dtype=object)
+    out = with_pixels(batch, pixels, errors)
     if caption_size:
         out["caption_image"] = captions
         out["wants_caption"] = wants_caption & (out["status"] == "ok")
