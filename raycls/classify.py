@@ -16,7 +16,7 @@ from typing import Any
 
 from raycls.config import ClassifyConfig
 from raycls.output import OutputDir, ShardCollector, model_fingerprint, result_schema
-from raycls.shards import Shard, resolve
+from raycls.shards import Shard
 from raycls.sources import plan_shards
 from raycls.storage import get_filesystem, is_remote, warn_if_local_on_multinode
 
@@ -189,7 +189,7 @@ def _manifest(
 ) -> dict[str, Any]:
     plan = json.dumps([s.to_dict() for s in shards], sort_keys=True).encode()
     identity = {
-        "input": input if is_remote(input) else resolve(input)[1],
+        "input": input if is_remote(input) else get_filesystem(input)[1],
         "model_sha256": model_fingerprint(model_dir)["sha256"],
         "input_listing_sha256": hashlib.sha256(plan).hexdigest(),
     }

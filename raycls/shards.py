@@ -16,10 +16,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raycls.images import IMAGE_EXTENSIONS
+from raycls.storage import get_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -87,29 +87,18 @@ class Shard:
         )
 
 
-_FS_CACHE: dict[str, tuple[pafs.FileSystem, str]] = {}
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A local path or URI -> (filesystem, path inside it); local paths become absolute."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    scheme, _, rest = uri.partition("://")
-    root = f"{scheme}://{rest.split('/', 1)[0]}"
-    # from_uri can cost a network round trip (S3 region lookup); once per bucket is enough.
-    cached = _FS_CACHE.get(root)
-    if cached is not None and uri.startswith(cached[1]):
-        return cached[0], uri[len(cached[1]) :]
-    fs, path = pafs.FileSystem.from_uri(uri)
-    if path and uri.endswith(path):
-        _FS_CACHE[root] = (fs, uri[: len(uri) - len(path)])
-    return fs, path
-
-
 def read_bytes(uri: str) -> bytes:
-    fs, path = resolve(uri)
+    fs, path = get_filesystem(uri)
     with fs.open_input_file(path) as f:
         return f.read()
+
+
+def _try_read(uri: str) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or None and the reason: one unreadable file must not stop a shard."""
+    try:
+        return read_bytes(uri), None
+    except Exception as e:
+        return None, f"cannot read {uri}: {type(e).__name__}: {e}"
 
 
 def relative_to(path: str, root: str) -> str | None:
@@ -158,12 +147,9 @@ def read_shard(
 def _read_files(shard: Shard, labeled_root: str | None) -> dict[str, list]:
     images, errors, labels = [], [], []
     for uri in shard.paths:
-        try:
-            images.append(read_bytes(uri))
-            errors.append(None)
-        except Exception as e:
-            images.append(None)
-            errors.append(f"cannot read {uri}: {type(e).__name__}: {e}")
+        image, error = _try_read(uri)
+        images.append(image)
+        errors.append(error)
         rel = relative_to(uri, labeled_root) if labeled_root else None
         labels.append(rel.split("/", 1)[0] if rel and "/" in rel else None)
     texts = list(shard.texts) if shard.texts is not None else [None] * len(shard.paths)
@@ -184,7 +170,7 @@ def _read_parquet(
     id_column: str | None,
 ) -> dict[str, list]:
     uri = shard.paths[0]
-    fs, path = resolve(uri)
+    fs, path = get_filesystem(uri)
     columns = (image_column, text_column, label_column, id_column)
     try:
         with pq.ParquetFile(path, filesystem=fs) as pf:
@@ -230,12 +216,9 @@ def _parquet_images(column: pa.ChunkedArray, uri: str) -> tuple[list, list]:
                 errors.append("image path is null")
                 continue
             target = ref if "://" in ref or os.path.isabs(ref) else posixpath.join(base, ref)
-            try:
-                images.append(read_bytes(target))
-                errors.append(None)
-            except Exception as e:
-                images.append(None)
-                errors.append(f"cannot read {target}: {type(e).__name__}: {e}")
+            image, error = _try_read(target)
+            images.append(image)
+            errors.append(error)
         return images, errors
     raise ValueError(
         f"image column of {uri} has type {kind}; expected binary bytes, a {{bytes, path}} struct "
@@ -247,7 +230,7 @@ def _read_tar(shard: Shard, text_column: str | None, label_column: str | None) -
     uri = shard.paths[0]
     samples: dict[str, dict[str, bytes]] = {}
     try:
-        fs, path = resolve(uri)
+        fs, path = get_filesystem(uri)
         with fs.open_input_stream(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 dirname, _, base = member.name.rpartition("/")

@@ -19,7 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raycls.images import IMAGE_EXTENSIONS
-from raycls.shards import ROW_SCHEMA, Shard, read_shard, relative_to, resolve
+from raycls.shards import ROW_SCHEMA, Shard, read_shard, relative_to
+from raycls.storage import get_filesystem
 
 if TYPE_CHECKING:
     import ray.data
@@ -56,7 +57,7 @@ def plan_shards(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size} must be >= 1")
-    fs, base = resolve(source)
+    fs, base = get_filesystem(source)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise ValueError(f"input {source!r} does not exist; expected {LOOKED_FOR}")
@@ -108,7 +109,7 @@ def load_labeled(
     kind = shards[0].kind
     if kind == "parquet":
         return shards, _parquet_classes(shards, image_column, label_column)
-    fs, base = resolve(source)
+    fs, base = get_filesystem(source)
     if kind == "files" and fs.get_file_info(base).type == pafs.FileType.Directory:
         return shards, _folder_classes(source, fs, base, shards)
     got = "a list of files" if kind == "files" else "tar shards"
@@ -143,7 +144,7 @@ def _check_parquet_columns(shards: list[Shard], read_kwargs: dict[str, Any]) -> 
     first = next((s for s in shards if s.kind == "parquet"), None)
     if first is None:
         return
-    fs, path = resolve(first.paths[0])
+    fs, path = get_filesystem(first.paths[0])
     names = pq.read_schema(path, filesystem=fs).names
     for arg in ("image_column", "label_column", "id_column"):
         name = read_kwargs.get(arg, "image" if arg == "image_column" else None)
@@ -286,7 +287,7 @@ def _parquet_classes(shards: list[Shard], image_column: str, label_column: str) 
     labels: set[str] = set()
     nulls = 0
     for uri in dict.fromkeys(s.paths[0] for s in shards):
-        fs, path = resolve(uri)
+        fs, path = get_filesystem(uri)
         names = pq.read_schema(path, filesystem=fs).names
         for role, name in (("label", label_column), ("image", image_column)):
             if name not in names:

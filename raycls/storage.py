@@ -42,17 +42,29 @@ def resolve_storage_path(out: str) -> str:
     return out if is_remote(out) else _local_path(out)
 
 
+_FS_CACHE: dict[str, tuple[pyarrow.fs.FileSystem, str]] = {}
+
+
 def get_filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem for `uri` and the path within it.
+    """The pyarrow filesystem for `uri` and the path within it; local paths become absolute.
 
     Object-store URIs go through pyarrow.fs.FileSystem.from_uri, which may contact the store
-    (for instance to find an S3 bucket's region); local paths never do.
+    (for instance to find an S3 bucket's region): that is done once per bucket and process,
+    since readers call this for every file. Local paths never contact anything.
     """
     import pyarrow.fs
 
-    if is_remote(uri):
-        return pyarrow.fs.FileSystem.from_uri(uri)
-    return pyarrow.fs.LocalFileSystem(), _local_path(uri)
+    if not is_remote(uri):
+        return pyarrow.fs.LocalFileSystem(), _local_path(uri)
+    scheme, _, rest = uri.partition("://")
+    root = f"{scheme}://{rest.split('/', 1)[0]}"
+    cached = _FS_CACHE.get(root)
+    if cached is not None and uri.startswith(cached[1]):
+        return cached[0], uri[len(cached[1]) :]
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    if path and uri.endswith(path):
+        _FS_CACHE[root] = (fs, uri[: len(uri) - len(path)])
+    return fs, path
 
 
 def warn_if_local_on_multinode(out: str) -> None:
