@@ -26,7 +26,7 @@ from raycls.metrics import (
     plot_confusion,
     top_k_accuracy,
 )
-from raycls.models import load_model
+from raycls.models import load_model, optimize_for_inference
 from raycls.shards import read_shard
 from raycls.sources import load_labeled, shard_dataset
 
@@ -58,7 +58,7 @@ def evaluate(
         address: run reading and decoding on this Ray cluster instead of in-process.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_dir, device)
+    model = optimize_for_inference(load_model(model_dir, device))
     classes = model.labels
     columns = {
         "image_column": image_column,

@@ -24,21 +24,24 @@ RESULT_COLUMNS = ("key", "shard", "shard_rows", "row", "label", "score", "top_k_
 
 
 def read_shards(batch: pa.Table, **read_kwargs: Any) -> Iterator[pa.Table]:
-    """Shard descriptions (JSON in column `shard`) -> their rows, plus `shard_rows` and `row`.
+    """Read tasks (JSON in column `shard`, from `shards.split_shard`) -> their rows, plus
+    `shard_rows` (rows in the whole shard) and `row` (position within it).
 
     A shard that cannot be read at all (corrupt tar, unreadable Parquet) becomes error rows,
     one per known row (or a single one), so the job goes on and the failure shows in the output.
     """
     for text in batch.column("shard").to_pylist():
-        shard = Shard.from_dict(json.loads(text))
+        task = json.loads(text)
+        shard = Shard.from_dict(task)
         try:
             table = read_shard(shard, **read_kwargs).drop_columns(["label"])
         except Exception as e:
             logger.warning("shard %d (%s) is unreadable: %s", shard.index, shard.paths[0], e)
             table = _unreadable(shard, f"{type(e).__name__}: {e}")
-        n = table.num_rows
-        table = table.append_column("shard_rows", pa.array([n] * n, pa.int32()))
-        yield table.append_column("row", pa.array(np.arange(n, dtype=np.int32)))
+        n, start = table.num_rows, task.get("start", 0)
+        total = task.get("shard_rows") or n
+        table = table.append_column("shard_rows", pa.array([total] * n, pa.int32()))
+        yield table.append_column("row", pa.array(np.arange(start, start + n, dtype=np.int32)))
 
 
 def _unreadable(shard: Shard, message: str) -> pa.Table:
@@ -201,11 +204,11 @@ class ClassifyStage:
         num_cpus: float = 1.0,
         use_gpu: bool = False,
     ) -> None:
-        from raycls.models import load_model
+        from raycls.models import load_model, optimize_for_inference
 
         self.batch_size = batch_size
         self.device = _torch_setup(num_cpus, use_gpu)
-        self.model = load_model(_local_copy(model_dir), self.device)
+        self.model = optimize_for_inference(load_model(_local_copy(model_dir), self.device))
         self.labels = np.array(self.model.labels, dtype=object)
         self.top_k = min(top_k, len(self.labels))
 

@@ -21,6 +21,7 @@ from raycls.models import (
     list_fusions,
     list_poolings,
     load_model,
+    optimize_for_inference,
     resolve_text_encoder,
     save_model,
 )
@@ -259,6 +260,32 @@ def test_default_text_encoder_resolves_to_bundled_minilm():
     with torch.no_grad():
         logits = model(_pixels(2, 32), **model.tokenize(["a photo of a cat", None]))
     assert logits.shape == (2, len(LABELS)) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+def test_optimize_for_inference_keeps_predictions(bert, backbone):
+    """Folded BatchNorm + channels-last: the same logits, and no BatchNorm left to run."""
+    model = _model(bert, backbone=backbone, fusion="gated")
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
+        for seed in range(3):
+            model(_pixels(8) * (seed + 1) + seed)
+    model.eval()
+    tokens = model.tokenize(TEXTS)
+    with torch.inference_mode():
+        expected = model(_pixels(), **tokens)
+        fast = optimize_for_inference(model)(_pixels(), **tokens)
+    torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model.backbone.channels_last
+
+
+def test_optimize_for_inference_without_image_branch_or_batchnorm(bert):
+    text_only = _model(bert, fusion="text_only").eval()
+    assert optimize_for_inference(text_only).backbone is None
+    squeeze = _model(None, fusion="image_only").eval()  # squeezenet: nothing to fold
+    with torch.inference_mode():
+        expected = squeeze(_pixels())
+        torch.testing.assert_close(optimize_for_inference(squeeze)(_pixels()), expected)
 
 
 @pytest.mark.slow

@@ -144,9 +144,13 @@ class Backbone(nn.Module):
         self.name = name
         self.trunk = trunk
         self.pretrained = pretrained
+        # Set by models.inference.optimize_for_inference, with weights already channels-last.
+        self.channels_last = False
         self.channels, self.grid = self._probe(image_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self.trunk(pixels)
 
     @torch.no_grad()
