@@ -9,10 +9,13 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 from raycls.config import DEFAULT_TEXT_ENCODER
 
@@ -81,6 +84,10 @@ def resolve_text_encoder(name: str) -> str:
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     """AutoTokenizer for `source`, with a pad token (eos for decoders that lack one)."""
+    # Imported here, not at the top: an image-only model (a bulk-classify actor) never pays
+    # the ~1 s that importing transformers costs.
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -212,6 +219,8 @@ def build_text_encoder(
 ) -> TextEncoder:
     """Load a pretrained model (hub id or directory), or only its architecture when
     `pretrained=False` (weights come later from a saved raycls model)."""
+    from transformers import AutoConfig, AutoModel
+
     tokenizer = load_tokenizer(source, trust_remote_code)
     if pretrained:
         model = AutoModel.from_pretrained(
