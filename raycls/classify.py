@@ -16,13 +16,14 @@ from typing import Any
 
 from raycls.config import ClassifyConfig
 from raycls.output import OutputDir, ShardCollector, model_fingerprint, result_schema
-from raycls.shards import Shard
+from raycls.shards import Shard, split_shard
 from raycls.sources import plan_shards
 from raycls.storage import get_filesystem, is_remote, warn_if_local_on_multinode
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 15.0
+PIECE_BATCHES = 4  # batches per read task
 # Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.
 IDENTITY_SETTINGS = ("shard_size", "captioner", "caption_prompt", "max_new_tokens",
                      "text_column", "image_column", "id_column", "top_k", "max_pixels")  # fmt: skip
@@ -90,9 +91,10 @@ def classify(
 def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -> Any:
     """The lazy Ray Dataset of result rows (key, routing columns, predictions, status, error).
 
-    One read task per shard. Before a CPU actor, reading and decoding take that actor's
-    resources so that Ray Data fuses them into it (no pixel copies through the object store);
-    before a GPU actor they run as separate 1-CPU tasks that keep the GPU fed.
+    One read task per shard, or per slice of a big shard of image files. Before a CPU actor,
+    reading and decoding take that actor's resources so that Ray Data fuses them into it (no
+    pixel copies through the object store); before a GPU actor they run as separate 1-CPU tasks
+    that keep the GPU fed.
     """
     import ray.data
 
@@ -113,7 +115,9 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
     decode_kwargs = {"size": _image_size(model_dir), "max_pixels": c.max_pixels,
                      "caption_size": c.caption_image_size if c.captioner else None,
                      "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
-    items = [{"shard": json.dumps(s.to_dict())} for s in shards]
+    # Read tasks of a few batches each: actors share big shards and finish together.
+    piece = PIECE_BATCHES * actors[0]["fn_constructor_kwargs"]["batch_size"]
+    items = [{"shard": json.dumps(task)} for s in shards for task in split_shard(s, piece)]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # batch_size=None: a fused operator bundles inputs up to its largest batch_size, which
     # would put that many *shards* into one task. The stages chunk their input themselves.
@@ -123,7 +127,7 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
                         batch_format="numpy", num_cpus=prep_cpus)  # fmt: skip
     for i, actor in enumerate(actors):
         if fused and i == 0:
-            # One shard per task; a second queued shard would wait behind a slow one.
+            # One read task at a time; a second one queued would wait behind a slow one.
             actor.update(batch_size=None, compute=_pool(actor["size"], in_flight=1))
         else:
             actor.update(compute=_pool(actor["size"]))

@@ -87,6 +87,26 @@ class Shard:
         )
 
 
+def split_shard(shard: Shard, rows: int) -> list[dict[str, Any]]:
+    """Read tasks for `shard`: a "files" shard in slices of at most `rows` files, so that
+    several actors share one shard and finish it together; other shards whole.
+
+    Each task is the slice's `Shard.to_dict()` plus `start` (its first row within the shard)
+    and `shard_rows` (the shard's row count; None where only reading the file tells).
+    """
+    if shard.kind != "files" or len(shard.paths) <= rows:
+        return [{**shard.to_dict(), "start": 0, "shard_rows": shard.num_rows}]
+    n = len(shard.paths)
+    tasks = []
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        texts = None if shard.texts is None else shard.texts[start:stop]
+        piece = Shard(shard.index, "files", shard.paths[start:stop], num_rows=stop - start,
+                      texts=texts)  # fmt: skip
+        tasks.append({**piece.to_dict(), "start": start, "shard_rows": n})
+    return tasks
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = get_filesystem(uri)
     with fs.open_input_file(path) as f:

@@ -230,6 +230,22 @@ def test_parquet_with_ids_and_alt_text(ray_local, tmp_path, model_dir, captioner
     assert all(len(r["top_k_labels"]) == 2 for r in rows.values() if r["status"] == "ok")
 
 
+def test_big_shards_are_read_in_slices_by_both_actors(ray_local, tmp_path, model_dir):
+    """Shards of 11 files in read tasks of 4 rows, shared by two actors: one file per shard,
+    every input once, in order; a zero-byte file among them is an error row."""
+    paths = write_images(tmp_path / "imgs", 21)
+    paths[13].write_bytes(b"")
+    config = ClassifyConfig(shard_size=11, batch_size=1, classify_actors=2,
+                            cpus_per_classify_actor=0.5)  # fmt: skip
+    summary = classify_(tmp_path / "imgs", model_dir, tmp_path / "out", config)
+    assert summary["shards"] == 2 and summary["rows"] == 21 and summary["error"] == 1
+    files = sorted((tmp_path / "out").glob("part-*.parquet"))
+    assert [pq.read_metadata(f).num_rows for f in files] == [11, 10]
+    table = read_output(tmp_path / "out")
+    check_rows(table, "path")
+    assert table.column("path").to_pylist() == [str(p) for p in paths]
+
+
 def test_tar_input(ray_local, tmp_path, model_dir):
     shard = tmp_path / "tars" / "shard-000.tar"
     shard.parent.mkdir()

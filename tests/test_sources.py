@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from raycls.images import decode_batch
-from raycls.shards import ROW_SCHEMA, Shard, read_shard
+from raycls.shards import ROW_SCHEMA, Shard, read_shard, split_shard
 from raycls.sources import load_labeled, plan_shards, shard_dataset
 
 
@@ -61,6 +61,20 @@ def test_folder_plan_and_read(folder):
     assert rows["dog/1.png"]["label"] == "dog" and rows["cat/2.png"]["image"] == png()
     assert rows["dog/fake.JPG"]["image"] == b"not really an image"  # decode flags it later
     assert table.column("shard").to_pylist() == [0] * 4 + [1] * 2
+
+
+def test_split_shard_into_read_tasks():
+    files = Shard(2, "files", tuple(f"/d/{i}.jpg" for i in range(5)), num_rows=5,
+                  texts=("a", None, "b", None, "c"))  # fmt: skip
+    tasks = split_shard(files, 2)
+    assert [(t["start"], t["shard_rows"], t["num_rows"]) for t in tasks] == [
+        (0, 5, 2), (2, 5, 2), (4, 5, 1)]  # fmt: skip
+    assert [p for t in tasks for p in t["paths"]] == list(files.paths)
+    assert [x for t in tasks for x in t["texts"]] == list(files.texts)
+    assert {Shard.from_dict(t).index for t in tasks} == {2}
+    tar = Shard(0, "tar", ("/d/a.tar",))
+    assert split_shard(tar, 2) == [{**tar.to_dict(), "start": 0, "shard_rows": None}]
+    assert len(split_shard(files, 5)) == 1
 
 
 def test_missing_file_becomes_error_row(tmp_path):
