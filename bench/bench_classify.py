@@ -6,9 +6,11 @@
 One run on generated 128 px JPEGs and one model prints images/s for (1) the library call
 `raycls.classify.classify` on a local Ray (read, decode, classify, Parquet), (2) the loop a user
 would write (Dataset decoding JPEGs with PIL, DataLoader workers, forward, results kept), (3) the
-forward pass alone on pre-decoded tensors (the compute bound), the ratios, and the peak memory
-of each phase: the RSS sum of this process and all its children (Ray's processes included),
-sampled every 0.2 s. Figures only, no assertions.
+forward pass alone on pre-decoded tensors (the compute bound), and (4) that forward pass after
+the rewrites raycls's actors apply (`optimize_for_inference`: BatchNorm folded, channels-last),
+the bound raycls itself works against; the ratios, and the peak memory of each phase: the RSS
+sum of this process and all its children (Ray's processes included), sampled every 0.2 s.
+Figures only, no assertions.
 """
 
 from __future__ import annotations
@@ -91,13 +93,22 @@ def make_model(folder: Path, image_size: int) -> str:
     return str(folder)
 
 
-def _forward(model_dir: str, paths: list[Path], batch_size: int, threads: int, barrier=None):
+def _forward(
+    model_dir: str,
+    paths: list[Path],
+    batch_size: int,
+    threads: int,
+    optimized: bool,
+    barrier=None,
+):
     """Seconds for the forward pass over `paths`, decoded beforehand (untimed)."""
     from raycls.images import decode_image, preprocess
-    from raycls.models import load_model
+    from raycls.models import load_model, optimize_for_inference
 
     torch.set_num_threads(threads)
     model = load_model(model_dir)
+    if optimized:
+        model = optimize_for_inference(model)
     size = model.config.image_size
     pixels = torch.from_numpy(
         np.stack([preprocess(decode_image(p.read_bytes()), size) for p in paths])
@@ -117,7 +128,7 @@ def _forward_worker(args: tuple, barrier, results) -> None:
 
 
 def bench_compute(
-    model_dir: str, paths: list[Path], batch_size: int, max_images: int
+    model_dir: str, paths: list[Path], batch_size: int, max_images: int, optimized: bool = False
 ) -> tuple[float, float]:
     """Forward alone on pre-decoded tensors: one process on all cores, and one 1-thread process
     per core (what the pipeline's actors do); the better one is the compute bound."""
@@ -125,13 +136,17 @@ def bench_compute(
 
     cpus = os.cpu_count() or 1
     subset = paths[: min(len(paths), max_images)]
-    one = len(subset) / _forward(model_dir, subset, batch_size, cpus)
-    print(f"  forward alone, 1 process x {cpus} threads: {one:.1f} images/s", flush=True)
+    what = "optimized forward" if optimized else "forward alone"
+    one = len(subset) / _forward(model_dir, subset, batch_size, cpus, optimized)
+    print(f"  {what}, 1 process x {cpus} threads: {one:.1f} images/s", flush=True)
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(cpus), ctx.Queue()
     parts = [subset[i::cpus] for i in range(cpus)]
     procs = [
-        ctx.Process(target=_forward_worker, args=((model_dir, p, batch_size, 1), barrier, results))
+        ctx.Process(
+            target=_forward_worker,
+            args=((model_dir, p, batch_size, 1, optimized), barrier, results),
+        )
         for p in parts
     ]
     for proc in procs:
@@ -140,7 +155,7 @@ def bench_compute(
     for proc in procs:
         proc.join()
     per_core = len(subset) / elapsed
-    print(f"  forward alone, {cpus} processes x 1 thread: {per_core:.1f} images/s", flush=True)
+    print(f"  {what}, {cpus} processes x 1 thread: {per_core:.1f} images/s", flush=True)
     return one, per_core
 
 
@@ -246,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     best = _best_of(args.repeat, sampler, lambda: max(bench_compute(
         model_dir, paths, args.batch_size, args.compute_images)))  # fmt: skip
     rows.append(("model forward alone (compute bound)", *best))
+    best = _best_of(args.repeat, sampler, lambda: max(bench_compute(
+        model_dir, paths, args.batch_size, args.compute_images, optimized=True)))  # fmt: skip
+    rows.append(("optimized forward (raycls's own bound)", *best))
     if not args.skip_dataloader:
         best = _best_of(args.repeat, sampler, lambda: bench_dataloader(
             model_dir, paths, args.batch_size, args.workers))  # fmt: skip
@@ -260,13 +278,15 @@ def main(argv: list[str] | None = None) -> None:
         model_dir, folder, work / "out", args)["images_per_s"])  # fmt: skip
     rows.append(("raycls classify (Ray Data, Parquet)", *best))
 
-    compute = rows[0][1]
-    loop = rows[1][1] if not args.skip_dataloader else None
+    compute, optimized = rows[0][1], rows[1][1]
+    loop = rows[2][1] if not args.skip_dataloader else None
     print(f"\n{args.images} images, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'':40} {'images/s':>9} {'x compute':>10} {'x loop':>7} {'peak RSS':>9}")
+    print(f"{'':40} {'images/s':>9} {'x compute':>10} {'x optimized':>12} {'x loop':>7} "
+          f"{'peak RSS':>9}")  # fmt: skip
     for name, rate, peak in rows:
         vs_loop = f"{rate / loop:7.2f}" if loop else f"{'-':>7}"
-        print(f"{name:40} {rate:9.1f} {rate / compute:10.2f} {vs_loop} {peak / 2**30:7.2f}G")
+        print(f"{name:40} {rate:9.1f} {rate / compute:10.2f} {rate / optimized:12.2f} "
+              f"{vs_loop} {peak / 2**30:7.2f}G")  # fmt: skip
 
 
 if __name__ == "__main__":
