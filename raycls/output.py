@@ -113,21 +113,25 @@ class OutputDir:
         return set(parts)
 
     def write_shard(self, index: int, table: pa.Table) -> None:
-        """Commit one shard's file: temp name then rename locally; one PUT on object stores."""
-        final = f"{self.path}/{part_name(index)}"
-        target = (
-            f"{self.path}/.{part_name(index)}.{uuid.uuid4().hex}.tmp"
-            if self.atomic_rename
-            else final
-        )
-        pq.write_table(table, target, filesystem=self.fs, compression="snappy")
-        if self.atomic_rename:
-            self.fs.move(target, final)
+        """Commit one shard's file whole (see `_commit`)."""
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="snappy")
+        self._commit(part_name(index), buffer.getvalue())
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        data = json.dumps(manifest, indent=2, default=str).encode()
-        final = f"{self.path}/{MANIFEST}"
-        target = f"{final}.{uuid.uuid4().hex}.tmp" if self.atomic_rename else final
+        self._commit(MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+
+    def _commit(self, name: str, data: bytes | pa.Buffer) -> None:
+        """Write `name` so that readers find all of it or nothing.
+
+        Locally: a temp file, then a rename. Object stores have no rename, but an object
+        appears only once its upload completes (one PUT, or a multipart upload's completion).
+        pyarrow completes an upload whenever the stream closes, even on the way out of an
+        error, so the whole file is serialized first and written in one call: a failure
+        while producing it never reaches the store.
+        """
+        final = f"{self.path}/{name}"
+        target = f"{self.path}/.{name}.{uuid.uuid4().hex}.tmp" if self.atomic_rename else final
         with self.fs.open_output_stream(target) as f:
             f.write(data)
         if self.atomic_rename:
@@ -172,7 +176,8 @@ class OutputDir:
         # Left by a run killed between writing and renaming; harmless, but clutter.
         selector = pafs.FileSelector(self.path, allow_not_found=True)
         for info in self.fs.get_file_info(selector):
-            if info.base_name.startswith(".part-") and info.base_name.endswith(".tmp"):
+            name = info.base_name
+            if name.startswith((".part-", f".{MANIFEST}.")) and name.endswith(".tmp"):
                 self.fs.delete_file(info.path)
 
 
