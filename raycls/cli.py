@@ -380,7 +380,11 @@ def evaluate_cmd(
     default=None,
     help="Validation data; default: hold out data.val_fraction of DATA.",
 )
-@click.option("--out", required=True, help="Sweep folder; rerun the same command to resume.")
+@click.option(
+    "--out",
+    required=True,
+    help="Sweep folder or URI (s3://, gs://); rerun the same command to resume.",
+)
 @click.option("--num-samples", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option(
     "--max-concurrent",

@@ -330,5 +330,10 @@ def load_config(
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write a YAML file that `load_config` (and `raycls train --config`) reads back."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write a YAML file that `load_config` (and `raycls train --config`) reads back.
+
+    `path` may be a URI (s3://...); `load_config` reads local files only.
+    """
+    from raycls.storage import write_bytes
+
+    write_bytes(str(path), yaml.safe_dump(config.to_dict(), sort_keys=False).encode())

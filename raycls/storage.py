@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -65,6 +66,91 @@ def get_filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     if path and uri.endswith(path):
         _FS_CACHE[root] = (fs, uri[: len(uri) - len(path)])
     return fs, path
+
+
+def join(base: str, *names: str) -> str:
+    """`base`/name/...: for URIs and local paths alike."""
+    return "/".join([base.rstrip("/"), *names])
+
+
+def with_scheme(path: str, like: str) -> str:
+    """A path within the filesystem of the URI `like`, as a URI; local paths as they are.
+
+    Ray reports checkpoint paths within their filesystem ("bucket/key" for s3://bucket/key).
+    """
+    if not is_remote(like) or is_remote(path):
+        return path
+    _, fs_path = get_filesystem(like)
+    like = like.rstrip("/")
+    fs_path = fs_path.rstrip("/")
+    prefix = like[: len(like) - len(fs_path)] if like.endswith(fs_path) else ""
+    return (prefix or f"{_scheme(like)}://") + path
+
+
+def is_file(uri: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = get_filesystem(uri)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def is_dir(uri: str) -> bool:
+    """True for a folder; on object stores, for a prefix that holds objects."""
+    import pyarrow.fs
+
+    fs, path = get_filesystem(uri)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """The whole file at `uri`; None where there is none."""
+    if not is_file(uri):
+        return None
+    fs, path = get_filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file, creating its folder.
+
+    One write of bytes already in memory: pyarrow completes an object-store upload whenever
+    the stream closes, even after an error, so a file written piecemeal could be left there
+    cut short.
+    """
+    fs, path = get_filesystem(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def append_text(uri: str, text: str) -> None:
+    """Append to a small text file; object stores have no append, so there it is rewritten."""
+    if not is_remote(uri):
+        path = _local_path(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(text)
+        return
+    write_bytes(uri, (read_bytes(uri) or b"") + text.encode())
+
+
+def copy_dir(source: str, target: str, last: str | None = None) -> None:
+    """Copy every file under `source` to `target` (local paths or URIs), `last` last.
+
+    Object stores have no rename: a reader that finds `last` (a model's config.json) finds
+    every other file too.
+    """
+    import pyarrow.fs
+
+    src_fs, src = get_filesystem(source)
+    src = src.rstrip("/")
+    selector = pyarrow.fs.FileSelector(src, recursive=True)
+    files = sorted(i.path for i in src_fs.get_file_info(selector) if i.is_file)
+    files.sort(key=lambda p: p == f"{src}/{last}")
+    for path in files:
+        with src_fs.open_input_stream(path) as stream:
+            write_bytes(join(target, path[len(src) + 1 :]), stream.read())
 
 
 def warn_if_local_on_multinode(out: str) -> None:

@@ -10,6 +10,7 @@ Works on two plain frames, so it is testable without Ray:
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import shutil
@@ -18,6 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from raycls.storage import (
+    copy_dir,
+    get_filesystem,
+    is_dir,
+    is_file,
+    is_remote,
+    join,
+    with_scheme,
+    write_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +102,7 @@ def _best_row(history: pd.DataFrame, metric: str) -> dict[str, Any] | None:
 
 
 def _checkpoint_exists(path: Any) -> bool:
-    return isinstance(path, str) and ("://" in path or Path(path).is_dir())
+    return isinstance(path, str) and is_dir(path)
 
 
 def best_trial(table: pd.DataFrame, metric: str) -> dict[str, Any] | None:
@@ -109,18 +121,18 @@ def best_trial(table: pd.DataFrame, metric: str) -> dict[str, Any] | None:
 
 
 def write_results(table: pd.DataFrame, out: str | Path) -> dict[str, str]:
-    """`results.parquet` and `results.csv` in `out`; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"parquet": str(out / RESULTS_PARQUET), "csv": str(out / RESULTS_CSV)}
+    """`results.parquet` and `results.csv` in `out` (a folder or URI); returns their paths."""
+    paths = {"parquet": join(str(out), RESULTS_PARQUET), "csv": join(str(out), RESULTS_CSV)}
     # Parquet wants one type per column; mixed settings (a choice of ints and strings) and
     # error texts are stored as text there, while the CSV keeps them as written.
     frame = table.copy()
     for column in frame.columns:
         if frame[column].dtype == object:
             frame[column] = frame[column].map(lambda v: None if v is None else str(v))
-    frame.to_parquet(paths["parquet"], index=False)
-    table.to_csv(paths["csv"], index=False)
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet, index=False)
+    write_bytes(paths["parquet"], parquet.getvalue())
+    write_bytes(paths["csv"], table.to_csv(index=False).encode())
     return paths
 
 
@@ -163,8 +175,10 @@ def plot_history(history: pd.DataFrame, table: pd.DataFrame, metric: str, path: 
     if ax.lines:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    write_bytes(str(path), png.getvalue())
     return str(path)
 
 
@@ -209,7 +223,11 @@ def format_summary(table: pd.DataFrame, metric: str, best_model: str | None, top
 def frames_from_results(
     results: Iterable[Any], keys: list[str], trials_dir: str | Path
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The trials and history frames from Tune `Result`s (a ResultGrid iterates them)."""
+    """The trials and history frames from Tune `Result`s (a ResultGrid iterates them).
+
+    Checkpoint paths are URIs where `trials_dir` is one.
+    """
+    trials_dir = str(trials_dir)
     trials, history = [], []
     for result in results:
         trial_id = Path(result.path).name
@@ -224,13 +242,18 @@ def frames_from_results(
                 "trial_id": trial_id,
                 "status": ERROR if result.error else TERMINATED,
                 "error": _error_text(result.error),
-                "finished": (Path(trials_dir) / trial_id / DONE_FILE).is_file(),
+                "finished": is_file(join(trials_dir, trial_id, DONE_FILE)),
                 **{k: flat.get(k) for k in keys},
             }
         )
         frame = result.metrics_dataframe
         if frame is not None and len(frame) and "epoch" in frame:
-            history.append(frame.assign(trial_id=trial_id).drop_duplicates("epoch", keep="last"))
+            frame = frame.assign(trial_id=trial_id).drop_duplicates("epoch", keep="last")
+            if "checkpoint_path" in frame:
+                frame["checkpoint_path"] = frame["checkpoint_path"].map(
+                    lambda p: with_scheme(p, trials_dir) if isinstance(p, str) else p
+                )
+            history.append(frame)
     if not history:
         return pd.DataFrame(trials), pd.DataFrame(columns=["trial_id", "epoch"])
     return pd.DataFrame(trials), pd.concat(history, ignore_index=True)
@@ -247,7 +270,13 @@ def _error_text(error: BaseException | None, limit: int = 500) -> str | None:
 
 
 def export_model(checkpoint: str, target: str | Path, subdir: str = "model") -> str:
-    """Copy a checkpoint's `subdir` (a model directory) to `target`, replacing it whole."""
+    """Copy a checkpoint's `subdir` (a model directory) to `target`, replacing it whole.
+
+    On object stores, which have no rename, the old files go first and the new config.json
+    comes last: a reader finds the new model complete, or no model.
+    """
+    if is_remote(checkpoint) or is_remote(str(target)):
+        return _export_model_remote(checkpoint, str(target), subdir)
     source, target = Path(checkpoint) / subdir, Path(target)
     if not source.is_dir():
         raise RuntimeError(f"checkpoint {checkpoint} holds no {subdir}/ folder")
@@ -257,3 +286,15 @@ def export_model(checkpoint: str, target: str | Path, subdir: str = "model") -> 
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return str(target)
+
+
+def _export_model_remote(checkpoint: str, target: str, subdir: str) -> str:
+    source = join(checkpoint, subdir)
+    if not is_dir(source):
+        raise RuntimeError(f"checkpoint {checkpoint} holds no {subdir}/ folder")
+    fs, path = get_filesystem(target)
+    if is_file(join(target, "config.json")):
+        fs.delete_file(join(path, "config.json"))  # first: what remains is no model
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    copy_dir(source, target, last="config.json")
+    return target

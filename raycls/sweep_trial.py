@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from raycls.config import Config
 from raycls.search_space import apply_params
+from raycls.storage import append_text, join, write_bytes
 from raycls.sweep_results import DONE_FILE
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,9 @@ def run_trial(
     from raycls.train import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
-    run_dir = Path(trials_dir) / trial_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / STARTS_FILE, "a") as starts:
-        starts.write(f"{time.time():.3f}\n")  # one line per start: a resumed trial shows two
+    run_dir = join(trials_dir, trial_id)
+    # One line per start: a resumed trial shows two.
+    append_text(join(run_dir, STARTS_FILE), f"{time.time():.3f}\n")
     config = apply_params(Config.from_dict(base), params)  # a bad combination fails the trial
     trainer = build_trainer(
         config,
@@ -56,12 +55,8 @@ def run_trial(
         # Train's own message truncates the workers' tracebacks in the middle, often cutting
         # out the line that says what went wrong; the results table wants that line.
         raise RuntimeError(f"training failed: {_worker_failures(error)}") from error
-    (run_dir / DONE_FILE).write_text(
-        json.dumps(
-            {"metrics": result.metrics, "checkpoint": getattr(result.checkpoint, "path", None)},
-            default=str,
-        )
-    )
+    done = {"metrics": result.metrics, "checkpoint": getattr(result.checkpoint, "path", None)}
+    write_bytes(join(run_dir, DONE_FILE), json.dumps(done, default=str).encode())
 
 
 def _worker_failures(error: Any) -> str:

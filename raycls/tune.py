@@ -4,6 +4,9 @@ Each trial is a driver function that builds the trial's Config (base + sampled v
 fits a TorchTrainer; Train's per-epoch reports reach Tune through `TuneReportCallback`, so
 ASHA can stop weak trials after any epoch. OUT holds:
 
+OUT is a local folder or a URI (s3://bucket/prefix, gs://...): Tune, Train and these exports
+all write through pyarrow's filesystems.
+
     sweep/                    the Tune experiment (rerunning the same command resumes it)
     trials/<trial_id>/        each trial's Ray Train run (checkpoints) and its start/done marks
     results.parquet/.csv      one row per trial (see raycls.sweep_results)
@@ -23,7 +26,13 @@ from typing import Any
 
 from raycls.config import METRICS, Config, save_config
 from raycls.search_space import Param, apply_params, build_search_space, describe
-from raycls.storage import is_remote
+from raycls.storage import (
+    join,
+    read_bytes,
+    resolve_storage_path,
+    warn_if_local_on_multinode,
+    write_bytes,
+)
 from raycls.sweep_cluster import (
     DRIVER_RESOURCES,
     PlacementGroupReaper,
@@ -74,16 +83,15 @@ def run_sweep(
     results table as records.
     """
     _check_choices(scheduler, search, metric, num_samples, epochs)
-    if is_remote(out):
-        raise ValueError(f"--out {out!r}: a sweep writes to a local or shared-filesystem path")
     base = config.replace(train={"epochs": epochs, "metric": metric})
     space = build_search_space(search_space, base)  # every error before Ray starts
-    out_dir = Path(out).resolve()
+    out = resolve_storage_path(out)
     settings = _settings(base, space, train_data, val_data, num_samples, scheduler, search)
-    _check_same_sweep(out_dir, settings)
+    _check_same_sweep(out, settings)
     started = time.time()
 
     _init_ray(address)
+    warn_if_local_on_multinode(out)
     import ray
 
     plan = plan_trials(base, resources_per_trial, max_concurrent, ray.cluster_resources())
@@ -104,14 +112,13 @@ def run_sweep(
     from raycls.train_data import prepare_data
 
     data = prepare_data(base, train_data, val_data, plan.data_cpus)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, default=str))
+    write_bytes(join(out, SETTINGS_FILE), json.dumps(settings, indent=1, default=str).encode())
 
-    tuner = _tuner(base, space, data, plan, out_dir, num_samples, scheduler, search, metric)
+    tuner = _tuner(base, space, data, plan, out, num_samples, scheduler, search, metric)
     grid = tuner.fit()
-    summary = export_results(grid, base, space, out_dir, metric, epochs)
+    summary = export_results(grid, base, space, out, metric, epochs)
     summary["elapsed_s"] = round(time.time() - started, 1)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_bytes(join(out, "summary.json"), json.dumps(summary, indent=1, default=str).encode())
     return summary
 
 
@@ -147,12 +154,12 @@ def _settings(
     }
 
 
-def _check_same_sweep(out_dir: Path, settings: dict[str, Any]) -> None:
+def _check_same_sweep(out: str | Path, settings: dict[str, Any]) -> None:
     """A rerun resumes only the sweep it started; other settings need another OUT."""
-    path = out_dir / SETTINGS_FILE
-    if not path.is_file():
+    data = read_bytes(join(str(out), SETTINGS_FILE))
+    if data is None:
         return
-    previous = json.loads(path.read_text())
+    previous = json.loads(data)
     current = json.loads(json.dumps(settings, default=str))
     changed = sorted(k for k in current if k != "config" and previous.get(k) != current[k])
     # Resources are re-planned for the cluster at hand; everything else must match.
@@ -164,7 +171,7 @@ def _check_same_sweep(out_dir: Path, settings: dict[str, Any]) -> None:
                 changed.append(f"{section}.{key}")
     if changed:
         raise ValueError(
-            f"{out_dir} holds a sweep with other settings ({', '.join(changed)}); rerun with "
+            f"{out} holds a sweep with other settings ({', '.join(changed)}); rerun with "
             "the same arguments to resume it, or pass a new --out"
         )
 
@@ -206,7 +213,7 @@ def _tuner(
     space: dict[str, Param],
     data: Any,
     plan: TrialPlan,
-    out_dir: Path,
+    out: str,
     num_samples: int,
     scheduler: str,
     search: str,
@@ -221,12 +228,12 @@ def _tuner(
             run_trial,
             base=base.to_dict(),
             data=data,
-            trials_dir=str(out_dir / TRIALS_DIR),
+            trials_dir=join(out, TRIALS_DIR),
             custom_per_worker=plan.custom_per_worker,
         ),
         dict(DRIVER_RESOURCES),
     )
-    path = str(out_dir / EXPERIMENT)
+    path = join(out, EXPERIMENT)
     if tune.Tuner.can_restore(path):
         logger.info("resuming the sweep in %s (finished trials are kept, not rerun)", path)
         return tune.Tuner.restore(
@@ -253,7 +260,7 @@ def _tuner(
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
-            storage_path=str(out_dir),
+            storage_path=out,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             callbacks=[PlacementGroupReaper()],
             verbose=1,
@@ -280,20 +287,20 @@ def _searcher(search: str, seed: int, max_concurrent: int):
 
 
 def export_results(
-    grid: Any, base: Config, space: dict[str, Param], out_dir: Path, metric: str, epochs: int
+    grid: Any, base: Config, space: dict[str, Param], out: str, metric: str, epochs: int
 ) -> dict[str, Any]:
     """Results table, plot, best model and best config from a Tune ResultGrid."""
-    trials, history = frames_from_results(grid, list(space), out_dir / TRIALS_DIR)
+    trials, history = frames_from_results(grid, list(space), join(out, TRIALS_DIR))
     table = results_table(trials, history, metric, epochs)
-    paths = write_results(table, out_dir)
-    plot = plot_history(history, table, metric, out_dir / "val_metric_per_epoch.png")
+    paths = write_results(table, out)
+    plot = plot_history(history, table, metric, join(out, "val_metric_per_epoch.png"))
     # Plain Python values, None for NaN (failed trials): JSON-ready, and exact for the config.
     records = table.astype(object).where(table.notna(), None).to_dict("records")
     best = best_trial(table, metric)
     if best is not None:
         best = next(r for r in records if r["trial_id"] == best["trial_id"])
     summary: dict[str, Any] = {
-        "out": str(out_dir),
+        "out": out,
         "metric": metric,
         **{f"results_{k}": v for k, v in paths.items()},
         "plot": plot,
@@ -309,9 +316,9 @@ def export_results(
         from raycls.train_loop import MODEL_DIR
 
         summary["best_model"] = export_model(
-            best["best_checkpoint"], out_dir / "best_model", MODEL_DIR
+            best["best_checkpoint"], join(out, "best_model"), MODEL_DIR
         )
-        summary["best_config"] = str(out_dir / "best_config.yaml")
+        summary["best_config"] = join(out, "best_config.yaml")
         save_config(config, summary["best_config"])
     summary["trials"] = records
     return summary

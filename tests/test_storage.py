@@ -78,3 +78,23 @@ def test_no_warning_without_ray(monkeypatch, caplog):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     storage.warn_if_local_on_multinode("out/preds")
     assert not caplog.records
+
+
+def test_file_helpers_on_local_paths(tmp_path, monkeypatch):
+    target = str(tmp_path / "a" / "b.txt")
+    assert storage.read_bytes(target) is None and not storage.is_file(target)
+    storage.append_text(target, "1\n")
+    storage.append_text(target, "2\n")
+    assert storage.read_bytes(target) == b"1\n2\n" and storage.is_dir(str(tmp_path / "a"))
+    assert storage.join("s3://b/x/", "y", "z") == "s3://b/x/y/z"
+    assert storage.with_scheme("/tmp/a", "/tmp") == "/tmp/a"
+
+    model = tmp_path / "model"
+    for name in ("config.json", "model.safetensors", "text/config.json"):
+        storage.write_bytes(str(model / name), name.encode())
+    written = []
+    monkeypatch.setattr(storage, "write_bytes", lambda uri, data: written.append(uri))
+    storage.copy_dir(str(model), "s3://b/m", last="config.json")
+    assert written[-1] == "s3://b/m/config.json"
+    assert sorted(written) == ["s3://b/m/config.json", "s3://b/m/model.safetensors",
+                               "s3://b/m/text/config.json"]  # fmt: skip
