@@ -359,11 +359,10 @@ def evaluate_cmd(
     model_dir: str, data: str, out_dir: str | None, batch_size: int, address: str | None
 ) -> None:
     """Score the model in MODEL_DIR on labelled DATA; print a short table."""
-    from pathlib import Path
-
     from raycls.evaluate import evaluate, format_report
+    from raycls.storage import join
 
-    out_dir = out_dir or str(Path(model_dir) / "evaluation")
+    out_dir = out_dir or join(model_dir, "evaluation")
     try:
         metrics = evaluate(model_dir, data, out_dir, batch_size=batch_size, address=address)
     except (ValueError, FileNotFoundError) as error:

@@ -8,6 +8,7 @@ of images use `raycls classify`, which runs the model itself on the cluster.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from raycls.metrics import (
 from raycls.models import load_model, optimize_for_inference
 from raycls.shards import read_shard
 from raycls.sources import load_labeled, shard_dataset
+from raycls.storage import is_remote, join, local_copy, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def evaluate(
         address: run reading and decoding on this Ray cluster instead of in-process.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = optimize_for_inference(load_model(model_dir, device))
+    model = optimize_for_inference(load_model(local_copy(model_dir), device))
     classes = model.labels
     columns = {
         "image_column": image_column,
@@ -111,16 +113,13 @@ def evaluate(
         data=str(data),
     )
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_confusion(
-            matrix,
-            classes,
-            out / CONFUSION_FILE,
-            title=f"{Path(model_dir).name} on {Path(data).name}",
-        )
-        (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        metrics["report_dir"] = str(out)
+        out = out_dir if is_remote(out_dir) else str(Path(out_dir).resolve())
+        png = io.BytesIO()
+        title = f"{Path(model_dir).name} on {Path(data).name}"
+        plot_confusion(matrix, classes, png, title=title)
+        write_bytes(join(out, CONFUSION_FILE), png.getvalue())
+        write_bytes(join(out, METRICS_FILE), json.dumps(metrics, indent=2).encode())
+        metrics["report_dir"] = out
     return metrics
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -65,7 +65,10 @@ def per_class_report(
 
 
 def plot_confusion(
-    matrix: np.ndarray, class_names: list[str], path: str | Path, title: str = "Confusion matrix"
+    matrix: np.ndarray,
+    class_names: list[str],
+    path: str | Path | BinaryIO,
+    title: str = "Confusion matrix",
 ) -> None:
     """PNG of the confusion matrix: colours by row-normalised rate, cells show counts."""
     import matplotlib

@@ -119,23 +119,6 @@ def _wants_caption(batch: dict[str, np.ndarray]) -> np.ndarray:
     return np.array([_text(t) is None for t in batch["text"]], dtype=bool)
 
 
-def _local_copy(model_dir: str) -> str:
-    """A model directory on an object store is copied to local disk once per actor."""
-    from raycls.storage import get_filesystem, is_remote
-
-    if not is_remote(model_dir):
-        return model_dir
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    fs, path = get_filesystem(model_dir)
-    local = tempfile.mkdtemp(prefix="raycls-model-")
-    pafs.copy_files(path, local, source_filesystem=fs)
-    logger.info("copied model %s to %s", model_dir, local)
-    return local
-
-
 def _text(value: Any) -> str | None:
     """A non-blank string, else None. An all-null column comes back from Arrow as float NaN."""
     return value if isinstance(value, str) and value.strip() else None
@@ -205,10 +188,11 @@ class ClassifyStage:
         use_gpu: bool = False,
     ) -> None:
         from raycls.models import load_model, optimize_for_inference
+        from raycls.storage import local_copy
 
         self.batch_size = batch_size
         self.device = _torch_setup(num_cpus, use_gpu)
-        self.model = optimize_for_inference(load_model(_local_copy(model_dir), self.device))
+        self.model = optimize_for_inference(load_model(local_copy(model_dir), self.device))
         self.labels = np.array(self.model.labels, dtype=object)
         self.top_k = min(top_k, len(self.labels))
 

@@ -153,6 +153,22 @@ def copy_dir(source: str, target: str, last: str | None = None) -> None:
             write_bytes(join(target, path[len(src) + 1 :]), stream.read())
 
 
+def local_copy(uri: str) -> str:
+    """A local folder with the files of `uri`: the path itself when local, else a fresh copy
+    in a temporary folder (a model directory on an object store, once per process)."""
+    if not is_remote(uri):
+        return uri
+    import tempfile
+
+    import pyarrow.fs
+
+    fs, path = get_filesystem(uri)
+    local = tempfile.mkdtemp(prefix="raycls-model-")
+    pyarrow.fs.copy_files(path, local, source_filesystem=fs)
+    logger.info("copied %s to %s", uri, local)
+    return local
+
+
 def warn_if_local_on_multinode(out: str) -> None:
     """Warn when `out` is a local path and the connected Ray cluster has several nodes."""
     if is_remote(out):

@@ -135,6 +135,16 @@ def test_classify_from_and_to_the_bucket_writes_each_row_once(s3, trained, tmp_p
         classify(source, other, out, config)
 
 
+def test_evaluate_a_model_in_the_bucket_into_the_bucket(s3, trained, shapes):
+    from raycls.evaluate import METRICS_FILE, evaluate
+
+    metrics = evaluate(trained["out"], f"{shapes}/val", f"{s3}/report")
+    assert metrics["report_dir"] == f"{s3}/report"
+    assert _names(f"{s3}/report") == {METRICS_FILE, "confusion_matrix.png"}
+    # The same model on the same images as training's own validation pass.
+    assert metrics["accuracy"] == pytest.approx(trained["result"]["val_accuracy"])
+
+
 def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes):
     from raycls.tune import SETTINGS_FILE, run_sweep
 
