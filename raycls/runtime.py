@@ -24,6 +24,7 @@ def init_ray(
     """
     import ray
 
+    _quiet_ray_data_console()
     if ray.is_initialized():
         return "existing"
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -43,6 +44,19 @@ def init_ray(
         logging_level=logging.WARNING,
     )
     return "local"
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data's INFO lines (execution plans, operator notes) go to its log file only
+    (ray-data.log in the Ray session's logs folder); its warnings and progress bars still
+    show. With `raycls -v` (DEBUG logging) the console keeps them all."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    import ray.data  # noqa: F401  (importing it sets up Ray Data's loggers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console, not the session file
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def cluster_is_multinode() -> bool:
