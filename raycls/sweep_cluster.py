@@ -163,9 +163,18 @@ class PlacementGroupReaper(_TuneCallback):
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
-        if self._broken or now - self._last < self.interval_s:
+        if now - self._last >= self.interval_s:
+            self._last = now
+            self._reap()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # A trial stopped in the last seconds would otherwise hold its CPUs until the job ends
+        # (for a library caller, say a notebook, that is long after the sweep).
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._broken:
             return
-        self._last = now
         try:
             self.removed += remove_orphaned_placement_groups()
         except Exception as error:  # private API: never let it break the sweep
