@@ -40,7 +40,7 @@ def run_quickstart(
         # A half-written data set from an interrupted run is replaced.
         make_dataset("shapes", data, seed=config.data.seed, overwrite=True)
 
-    where = init_ray(address)
+    where = init_ray(address, dashboard=True)  # for Ray Train's cleaner: see train.fit
     echo(f"2/4 training a {config.model.fusion} model with Ray Train (Ray: {where})")
     fit(config, str(data / "train"), str(model_dir), val_data=str(data / "val"))
 

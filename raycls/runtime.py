@@ -47,13 +47,16 @@ def init_ray(
 
 
 def _quiet_ray_data_console() -> None:
-    """Ray Data's INFO lines (execution plans, operator notes) go to its log file only
-    (ray-data.log in the Ray session's logs folder); its warnings and progress bars still
-    show. With `raycls -v` (DEBUG logging) the console keeps them all."""
+    """Ray Data's INFO lines (execution plans, operator notes) stay off the console; its
+    warnings and progress bars still show. The driver's INFO lines still reach ray-data.log in
+    the Ray session's logs folder; the plans Ray Data's own actors (Train's data splitters)
+    would print are not made at all. With `raycls -v` (DEBUG logging) everything shows."""
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         return
-    import ray.data  # noqa: F401  (importing it sets up Ray Data's loggers)
+    import ray.data  # importing it sets up Ray Data's loggers
 
+    # Datasets carry the driver's DataContext to the actors that execute them.
+    ray.data.DataContext.get_current().print_on_execution_start = False
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):  # the console, not the session file
             handler.setLevel(max(handler.level, logging.WARNING))

@@ -55,7 +55,9 @@ def fit(
         logger.info("%s already holds a finished run with these settings; not training", out)
         return {**finished, "already_finished": True}
 
-    init_ray(address)
+    # Ray Train's placement-group cleaner asks the state API, which the dashboard serves
+    # (on 127.0.0.1 only); without it, it logs a warning every second of training.
+    init_ray(address, dashboard=True)
     warn_if_local_on_multinode(out)
     cpus_per_worker, data_cpus = _plan_cpus(config)
     data = prepare_data(config, train_data, val_data, data_cpus)
