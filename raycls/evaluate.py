@@ -9,7 +9,6 @@ of images use `raycls classify`, which runs the model itself on the cluster.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from raycls.metrics import (
 from raycls.models import load_model, optimize_for_inference
 from raycls.shards import read_shard
 from raycls.sources import load_labeled, shard_dataset
-from raycls.storage import is_remote, join, local_copy, write_bytes
+from raycls.storage import is_remote, join, local_copy, write_bytes, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ def evaluate(
         title = f"{Path(model_dir).name} on {Path(data).name}"
         plot_confusion(matrix, classes, png, title=title)
         write_bytes(join(out, CONFUSION_FILE), png.getvalue())
-        write_bytes(join(out, METRICS_FILE), json.dumps(metrics, indent=2).encode())
+        write_json(join(out, METRICS_FILE), metrics)
         metrics["report_dir"] = out
     return metrics
 

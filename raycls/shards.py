@@ -107,16 +107,12 @@ def split_shard(shard: Shard, rows: int) -> list[dict[str, Any]]:
     return tasks
 
 
-def read_bytes(uri: str) -> bytes:
-    fs, path = get_filesystem(uri)
-    with fs.open_input_file(path) as f:
-        return f.read()
-
-
 def _try_read(uri: str) -> tuple[bytes | None, str | None]:
     """The file's bytes, or None and the reason: one unreadable file must not stop a shard."""
     try:
-        return read_bytes(uri), None
+        fs, path = get_filesystem(uri)
+        with fs.open_input_file(path) as f:
+            return f.read(), None
     except Exception as e:
         return None, f"cannot read {uri}: {type(e).__name__}: {e}"
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
@@ -122,6 +123,17 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
     with fs.open_output_stream(path) as stream:
         stream.write(data)
+
+
+def read_json(uri: str) -> Any:
+    """The JSON file at `uri`, parsed; None where there is none."""
+    data = read_bytes(uri)
+    return None if data is None else json.loads(data)
+
+
+def write_json(uri: str, value: Any, indent: int | None = 2) -> None:
+    """`value` as a JSON file (values JSON lacks, such as paths, as strings), in one write."""
+    write_bytes(uri, json.dumps(value, indent=indent, default=str).encode())
 
 
 def append_text(uri: str, text: str) -> None:

@@ -6,14 +6,13 @@ trial that restarts (a resumed sweep) continues from its last Train checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
 from raycls.config import Config
 from raycls.search_space import apply_params
-from raycls.storage import append_text, join, write_bytes
+from raycls.storage import append_text, join, write_json
 from raycls.sweep_results import DONE_FILE
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def run_trial(
         # out the line that says what went wrong; the results table wants that line.
         raise RuntimeError(f"training failed: {_worker_failures(error)}") from error
     done = {"metrics": result.metrics, "checkpoint": getattr(result.checkpoint, "path", None)}
-    write_bytes(join(run_dir, DONE_FILE), json.dumps(done, default=str).encode())
+    write_json(join(run_dir, DONE_FILE), done, indent=None)
 
 
 def _worker_failures(error: Any) -> str:

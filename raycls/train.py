@@ -17,7 +17,14 @@ from typing import Any
 
 from raycls.config import Config
 from raycls.runtime import cluster_is_multinode, init_ray
-from raycls.storage import get_filesystem, resolve_storage_path, warn_if_local_on_multinode
+from raycls.storage import (
+    copy_dir,
+    join,
+    read_json,
+    resolve_storage_path,
+    warn_if_local_on_multinode,
+    write_json,
+)
 from raycls.train_data import TrainData, prepare_data
 from raycls.train_loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
 
@@ -49,7 +56,7 @@ def fit(
     """
     started = time.time()
     out = resolve_storage_path(out)
-    finished = _read_json(out, METRICS_FILE)
+    finished = read_json(join(out, METRICS_FILE))
     same = finished is not None and finished.get("config") == config.to_dict()
     if same and finished.get("status") == "finished":
         logger.info("%s already holds a finished run with these settings; not training", out)
@@ -62,9 +69,8 @@ def fit(
     cpus_per_worker, data_cpus = _plan_cpus(config)
     data = prepare_data(config, train_data, val_data, data_cpus)
     _check_same_run(out, config, data.classes)
-    _write_json(
-        out,
-        RUN_FILE,
+    write_json(
+        join(out, RUN_FILE),
         {
             "config": config.to_dict(),
             "classes": data.classes,
@@ -147,7 +153,7 @@ def _run_trainer(config: Config, data: TrainData, out: str, cpus_per_worker: flo
     trainer = build_trainer(
         config,
         data,
-        storage_path=_join(out, RAY_TRAIN_DIR),
+        storage_path=join(out, RAY_TRAIN_DIR),
         cpus_per_worker=cpus_per_worker,
         test_crash=_test_crash(),
     )
@@ -224,7 +230,7 @@ def _test_crash() -> dict[str, Any] | None:
 
 
 def _check_same_run(out: str, config: Config, classes: list[str]) -> None:
-    previous = _read_json(out, RUN_FILE)
+    previous = read_json(join(out, RUN_FILE))
     if previous is None:
         return
     if (
@@ -253,7 +259,8 @@ def _publish(
     with result.checkpoint.as_directory() as latest:
         state = json.loads((Path(latest) / STATE_FILE).read_text())
     with best.as_directory() as directory:
-        _copy_model(Path(directory) / MODEL_DIR, out)
+        # config.json last: its presence marks a complete model.
+        copy_dir(str(Path(directory) / MODEL_DIR), out, last="config.json")
     history = state["history"]
     best_metrics = history[state["best_epoch"]] if state["best_epoch"] is not None else {}
     summary = {
@@ -271,39 +278,6 @@ def _publish(
         "model_dir": out,
         "config": config.to_dict(),
     }
-    _write_json(out, HISTORY_FILE, history)
-    _write_json(out, METRICS_FILE, summary)
+    write_json(join(out, HISTORY_FILE), history)
+    write_json(join(out, METRICS_FILE), summary)
     return summary
-
-
-def _copy_model(source: Path, out: str) -> None:
-    """Every file of a saved model, config.json last (its presence marks a complete model)."""
-    fs, base = get_filesystem(out)
-    files = sorted(p for p in source.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name == "config.json" and p.parent == source)
-    for path in files:
-        target = f"{base.rstrip('/')}/{path.relative_to(source).as_posix()}"
-        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(target) as stream:
-            stream.write(path.read_bytes())
-
-
-def _join(out: str, name: str) -> str:
-    return f"{out.rstrip('/')}/{name}"
-
-
-def _read_json(out: str, name: str) -> Any:
-    import pyarrow.fs as pafs
-
-    fs, base = get_filesystem(_join(out, name))
-    if fs.get_file_info(base).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(base) as stream:
-        return json.loads(stream.read().decode("utf-8"))
-
-
-def _write_json(out: str, name: str, value: Any) -> None:
-    fs, base = get_filesystem(_join(out, name))
-    fs.create_dir(base.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(base) as stream:
-        stream.write(json.dumps(value, indent=2, default=str).encode("utf-8"))

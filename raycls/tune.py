@@ -28,10 +28,10 @@ from raycls.config import METRICS, Config, save_config
 from raycls.search_space import Param, apply_params, build_search_space, describe
 from raycls.storage import (
     join,
-    read_bytes,
+    read_json,
     resolve_storage_path,
     warn_if_local_on_multinode,
-    write_bytes,
+    write_json,
 )
 from raycls.sweep_cluster import (
     DRIVER_RESOURCES,
@@ -112,13 +112,13 @@ def run_sweep(
     from raycls.train_data import prepare_data
 
     data = prepare_data(base, train_data, val_data, plan.data_cpus)
-    write_bytes(join(out, SETTINGS_FILE), json.dumps(settings, indent=1, default=str).encode())
+    write_json(join(out, SETTINGS_FILE), settings, indent=1)
 
     tuner = _tuner(base, space, data, plan, out, num_samples, scheduler, search, metric)
     grid = tuner.fit()
     summary = export_results(grid, base, space, out, metric, epochs)
     summary["elapsed_s"] = round(time.time() - started, 1)
-    write_bytes(join(out, "summary.json"), json.dumps(summary, indent=1, default=str).encode())
+    write_json(join(out, "summary.json"), summary, indent=1)
     return summary
 
 
@@ -156,10 +156,9 @@ def _settings(
 
 def _check_same_sweep(out: str | Path, settings: dict[str, Any]) -> None:
     """A rerun resumes only the sweep it started; other settings need another OUT."""
-    data = read_bytes(join(str(out), SETTINGS_FILE))
-    if data is None:
+    previous = read_json(join(str(out), SETTINGS_FILE))
+    if previous is None:
         return
-    previous = json.loads(data)
     current = json.loads(json.dumps(settings, default=str))
     changed = sorted(k for k in current if k != "config" and previous.get(k) != current[k])
     # Resources are re-planned for the cluster at hand; everything else must match.
