@@ -314,13 +314,21 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     **sections: dict[str, Any],
 ) -> Config:
-    """Defaults, then a YAML file, then keyword `sections`, then `section.key=value` overrides."""
+    """Defaults, then a YAML file, then keyword `sections`, then `section.key=value` overrides.
+
+    `path` may be a URI (s3://, gs://), such as the best_config.yaml a sweep wrote there.
+    """
+    from raycls.storage import read_bytes
+
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        text = read_bytes(str(path))
+        if text is None:
             raise ValueError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping of sections")
         data = loaded
@@ -332,7 +340,7 @@ def load_config(
 def save_config(config: Config, path: str | Path) -> None:
     """Write a YAML file that `load_config` (and `raycls train --config`) reads back.
 
-    `path` may be a URI (s3://...); `load_config` reads local files only.
+    `path` may be a URI (s3://...), as for `load_config`.
     """
     from raycls.storage import write_bytes
 

@@ -65,6 +65,23 @@ def test_yaml_then_overrides(tmp_path):
     assert load_config(tmp_path / "out.yaml") == config
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "does not exist"),
+        ("train: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "mapping of sections"),
+    ],
+)
+def test_bad_config_files_are_named(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
 def test_image_only_needs_no_text_encoder_but_others_do():
     with pytest.raises(ValueError, match="needs a text encoder"):
         load_config(overrides=["model.text_encoder=none"])

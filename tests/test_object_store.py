@@ -13,7 +13,7 @@ import pytest
 from test_classify import make_model, write_images
 from test_train import _image_only
 
-from raycls.config import ClassifyConfig, Config
+from raycls.config import ClassifyConfig, Config, load_config
 from raycls.datasets import make_dataset
 from raycls.output import MANIFEST, OutputDir, part_name, result_schema
 from raycls.storage import copy_dir, get_filesystem
@@ -170,6 +170,9 @@ def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes
     assert table["best_checkpoint"].str.startswith(f"{out}/trials/").all()
     assert summary["best_model"] == f"{out}/best_model"
     assert summary["best_config"] == f"{out}/best_config.yaml"
+    # `raycls train --config s3://.../best_config.yaml` reads the winner back from the bucket.
+    best_config = load_config(summary["best_config"])
+    assert best_config.model == _tiny().model and best_config.train.epochs == 1
     for trial_id in table["trial_id"]:
         assert {f"trials/{trial_id}/starts.txt", f"trials/{trial_id}/done.json"} <= names
 
