@@ -46,6 +46,15 @@ LOOKED_FOR = (
 )
 
 
+def require_input(source: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
+    """The filesystem, path and file info of `source`; ValueError naming it if it is missing."""
+    fs, base = get_filesystem(source)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise ValueError(f"input {source!r} does not exist; expected {LOOKED_FOR}")
+    return fs, base, info
+
+
 def plan_shards(
     source: str, shard_size: int = 1000, *, text_column: str | None = "text"
 ) -> list[Shard]:
@@ -57,10 +66,7 @@ def plan_shards(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size} must be >= 1")
-    fs, base = get_filesystem(source)
-    info = fs.get_file_info(base)
-    if info.type == pafs.FileType.NotFound:
-        raise ValueError(f"input {source!r} does not exist; expected {LOOKED_FOR}")
+    fs, base, info = require_input(source)
     prefix = _uri_prefix(source, base)
     if info.type == pafs.FileType.File:
         ext = _ext(base)

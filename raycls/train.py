@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from raycls.config import Config
+from raycls.models import check_model_config
 from raycls.runtime import cluster_is_multinode, init_ray
+from raycls.sources import require_input
 from raycls.storage import (
     copy_dir,
     join,
@@ -55,6 +57,11 @@ def fit(
         address: Ray cluster address; None starts a local Ray (or uses RAY_ADDRESS).
     """
     started = time.time()
+    # Mistyped settings and missing data fail here, in a second, not in the workers.
+    check_model_config(config.model)
+    for data in (train_data, val_data):
+        if data is not None:
+            require_input(data)
     out = resolve_storage_path(out)
     finished = read_json(join(out, METRICS_FILE))
     same = finished is not None and finished.get("config") == config.to_dict()

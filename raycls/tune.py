@@ -26,6 +26,7 @@ from typing import Any
 
 from raycls.config import METRICS, Config, save_config
 from raycls.search_space import Param, apply_params, build_search_space, describe
+from raycls.sources import require_input
 from raycls.storage import (
     join,
     read_json,
@@ -85,6 +86,9 @@ def run_sweep(
     _check_choices(scheduler, search, metric, num_samples, epochs)
     base = config.replace(train={"epochs": epochs, "metric": metric})
     space = build_search_space(search_space, base)  # every error before Ray starts
+    for data in (train_data, val_data):
+        if data is not None:
+            require_input(data)
     out = resolve_storage_path(out)
     settings = _settings(base, space, train_data, val_data, num_samples, scheduler, search)
     _check_same_sweep(out, settings)

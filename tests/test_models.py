@@ -17,6 +17,7 @@ from raycls.models import (
     IMAGENET_STD,
     FusedClassifier,
     build_model,
+    check_model_config,
     list_backbones,
     list_fusions,
     list_poolings,
@@ -178,6 +179,11 @@ def test_frozen_lora_and_param_groups(bert, tmp_path):
     lr_of = {id(p): g["lr"] for g in random_cnn for p in g["params"]}
     assert set(lr_of.values()) == {1e-3}  # frozen text excluded; random CNN at full lr
 
+    # A saved model loads without the weights file it started from.
+    save_model(full, tmp_path / "saved")
+    weights.unlink()
+    assert load_model(tmp_path / "saved").config.backbone_weights == str(weights)
+
 
 def _assert_round_trip(model: FusedClassifier, path: Path, texts: list) -> FusedClassifier:
     model.eval()
@@ -240,6 +246,14 @@ def test_bad_names_list_valid_choices(tmp_path):
         build_backbone("resnet18", "IMAGENET_BOGUS", image_size=32)
     with pytest.raises(ValueError, match="does not exist"):
         build_backbone("resnet18", str(tmp_path / "missing.safetensors"), image_size=32)
+    # The same checks, without building anything, for runs to make before they start.
+    with pytest.raises(ValueError, match="resnet18"):
+        check_model_config(ModelConfig(backbone="resnet_bogus"))
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        check_model_config(ModelConfig(backbone_weights="IMAGENET_BOGUS"))
+    with pytest.raises(ValueError, match="does not exist"):
+        check_model_config(ModelConfig(text_encoder="./no_such_model"))
+    check_model_config(ModelConfig(backbone="resnet_bogus", fusion="text_only"))  # no image branch
     with pytest.raises(ValueError, match="cross_attention"):
         build_fusion("bogus", 8, 8, 8, 2, 0.0)
     with pytest.raises(ValueError, match="mean, cls, last"):

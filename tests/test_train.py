@@ -84,6 +84,29 @@ def test_warmup_then_cosine():
 # Integration tests: one local Ray for the session.
 
 
+@pytest.mark.parametrize(
+    ("settings", "data", "message"),
+    [
+        ({"model.backbone": "resnet_18"}, "train", "not a supported torchvision backbone"),
+        ({"model.backbone_weights": "./gone.safetensors"}, "train", "gone.safetensors"),
+        ({}, "no_such_folder", "no_such_folder' does not exist"),
+    ],
+)
+def test_bad_settings_and_missing_data_fail_before_ray_starts(
+    digits, tmp_path, monkeypatch, settings, data, message
+):
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the settings were checked")
+
+    monkeypatch.setattr("raycls.train.init_ray", no_ray)
+    config = _image_only().replace(
+        model={k.split(".")[1]: v for k, v in settings.items() if k.startswith("model.")}
+    )
+    with pytest.raises(ValueError, match=message):
+        fit(config, str(digits / data), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_workers_survive_a_crash_and_count_validation_once(
     ray_local, digits, tmp_path, monkeypatch
 ):

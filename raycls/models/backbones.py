@@ -179,6 +179,24 @@ def weights_kind(weights: str | None) -> str:
     return "torchvision"
 
 
+def check_backbone(name: str, weights: str | None) -> str:
+    """Raise ValueError unless `name` is a supported backbone and `weights` one of its weights
+    names or an existing state-dict file; returns `weights_kind(weights)`. Cheap: builds
+    nothing, so a run can check its settings before it starts workers."""
+    if name not in BACKBONES:
+        choices = list_backbones()
+        raise ValueError(
+            f"model.backbone={name!r} is not a supported torchvision backbone; choose one of "
+            f"{len(choices)}: {', '.join(choices)}"
+        )
+    kind = weights_kind(weights)
+    if kind == "torchvision":
+        _check_weights_name(name, weights)
+    elif kind == "file" and not Path(weights).is_file():
+        raise ValueError(f"model.backbone_weights: weights file {weights!r} does not exist")
+    return kind
+
+
 def build_backbone(
     name: str, weights: str | None, image_size: int, load_weights: bool = True
 ) -> Backbone:
@@ -187,17 +205,11 @@ def build_backbone(
     With `load_weights=False` the architecture is the one those weights imply, randomly
     initialised, for loading a saved model.
     """
-    if name not in BACKBONES:
-        choices = list_backbones()
-        raise ValueError(
-            f"model.backbone={name!r} is not a supported torchvision backbone; choose one of "
-            f"{len(choices)}: {', '.join(choices)}"
-        )
-    spec = BACKBONES[name]
-    kind = weights_kind(weights)
+    # Loading a saved model needs only the architecture: its weights file may be long gone.
+    check_backbone(name, weights if load_weights else None)
+    spec, kind = BACKBONES[name], weights_kind(weights)
     kwargs: dict[str, Any] = {}
     if kind == "torchvision":
-        _check_weights_name(name, weights)
         if spec.half_normalised_when_pretrained:
             kwargs = {"transform_input": True, "init_weights": False}
     if kind == "torchvision" and load_weights:
@@ -280,6 +292,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "build_backbone",
+    "check_backbone",
     "list_backbones",
     "read_state_dict",
     "weights_kind",

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raycls.config import Config, ModelConfig
-from raycls.models.backbones import Backbone, build_backbone
+from raycls.models.backbones import Backbone, build_backbone, check_backbone
 from raycls.models.fusion import Features, build_fusion, fusion_spec
 from raycls.models.text import TextEncoder, build_text_encoder, resolve_text_encoder
 
@@ -170,6 +170,16 @@ def _adapt(model: FusedClassifier) -> None:
     if model.text is not None:
         cfg = model.config
         model.text.adapt(cfg.text_adaptation, cfg.lora_rank, cfg.dropout)
+
+
+def check_model_config(config: ModelConfig) -> None:
+    """Raise ValueError for settings `build_model` would refuse that can be checked cheaply
+    (backbone, its weights, a local text-encoder path), before a run starts any workers."""
+    spec = fusion_spec(config.fusion)
+    if spec.uses_image:
+        check_backbone(config.backbone, config.backbone_weights)
+    if spec.uses_text and config.text_encoder:
+        resolve_text_encoder(config.text_encoder)
 
 
 def build_model(config: ModelConfig, labels: list[str]) -> FusedClassifier:
