@@ -215,6 +215,13 @@ def bench_raycls(model_dir: str, folder: Path, out: Path, args: argparse.Namespa
     print(f"  raycls config: {config}", flush=True)
     summary = classify(str(folder), model_dir, str(out), config, overwrite=True)
     assert summary["total_rows"] == summary["rows"] == args.images, summary
+    first = summary["first_rows_s"]
+    print(
+        f"  raycls: {summary['images_per_s']:.1f} images/s in all; first results after "
+        f"{first:.1f} s (Ray Data and actor start-up, imports, model load), "
+        f"{args.images / (summary['seconds'] - first):.1f} images/s from then on",
+        flush=True,
+    )
     return summary
 
 

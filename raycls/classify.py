@@ -60,10 +60,12 @@ def classify(
         len(shards), len(shards) - len(pending), input, out.uri,
     )  # fmt: skip
     rows: dict[str, int] = {}
+    first_rows_s = None
     if pending:
         init_ray(address)
         warn_if_local_on_multinode(out_dir)
-        rows = _run(pending, model_dir, out, config, _key_name(shards))
+        rows, first_rows_at = _run(pending, model_dir, out, config, _key_name(shards))
+        first_rows_s = None if first_rows_at is None else round(first_rows_at - started, 2)
     elapsed = time.perf_counter() - started
     total = out.count_rows(done & {s.index for s in shards})
     for status, n in rows.items():
@@ -78,6 +80,8 @@ def classify(
         "ok": rows.get("ok", 0),
         "error": rows.get("error", 0),
         "seconds": round(elapsed, 2),
+        # Until the first results came back: Ray Data and actor start-up, model loading.
+        "first_rows_s": first_rows_s,
         "images_per_s": round(sum(rows.values()) / elapsed, 1) if elapsed > 0 else 0.0,
         "total_rows": sum(total.values()),
         "total_ok": total.get("ok", 0),
@@ -163,14 +167,18 @@ def _pool(size: int, in_flight: int | None = None) -> Any:
 
 def _run(
     shards: list[Shard], model_dir: str, out: OutputDir, config: ClassifyConfig, key_name: str
-) -> dict[str, int]:
-    """Stream result rows to the driver; commit each shard's file once its rows are complete."""
+) -> tuple[dict[str, int], float | None]:
+    """Stream result rows to the driver; commit each shard's file once its rows are complete.
+
+    Returns the rows per status, and when (perf_counter) the first results arrived."""
     ds = build_dataset(shards, model_dir, config)
     collector = ShardCollector(result_schema(key_name), model_name=model_dir)
     todo = {s.index for s in shards}
     counts: dict[str, int] = {}
     started = last_log = time.perf_counter()
+    first_rows_at = None
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        first_rows_at = first_rows_at or time.perf_counter()
         for index, table in collector.add(batch):
             out.write_shard(index, table)
             todo.discard(index)
@@ -187,7 +195,7 @@ def _run(
         raise RuntimeError(f"{collector.in_flight} shards ended incomplete; rerun to resume")
     for index in sorted(todo):  # shards without rows (an empty Parquet row group, an empty tar)
         out.write_shard(index, collector.schema.empty_table())
-    return counts
+    return counts, first_rows_at
 
 
 def _manifest(

@@ -180,6 +180,7 @@ def test_folder_with_captioner(ray_local, tmp_path, model_dir, captioner):
     out = tmp_path / "out"
     summary = classify_(tmp_path / "imgs", model_dir, out, config)
     assert summary["rows"] == summary["ok"] == 12 and summary["shards_done"] == 3
+    assert 0 < summary["first_rows_s"] < summary["seconds"]
     assert sorted(p.name for p in out.glob("part-*")) == [
         f"part-00000{i}.parquet" for i in range(3)
     ]
