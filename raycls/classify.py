@@ -177,7 +177,10 @@ def _run(
     counts: dict[str, int] = {}
     started = last_log = time.perf_counter()
     first_rows_at = None
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+    # No prefetching: with it, Ray Data held finished result blocks back until more were
+    # ready (2,000 images: first rows at the driver 11.6 s in instead of 9.0 s, a task's
+    # length late), which delays every shard's commit. Result blocks are small to fetch.
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         first_rows_at = first_rows_at or time.perf_counter()
         for index, table in collector.add(batch):
             out.write_shard(index, table)
