@@ -59,7 +59,8 @@ def evaluate(
         address: run reading and decoding on this Ray cluster instead of in-process.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = optimize_for_inference(load_model(local_copy(model_dir), device))
+    with local_copy(model_dir) as folder:
+        model = optimize_for_inference(load_model(folder, device))
     classes = model.labels
     columns = {
         "image_column": image_column,

@@ -192,7 +192,8 @@ class ClassifyStage:
 
         self.batch_size = batch_size
         self.device = _torch_setup(num_cpus, use_gpu)
-        self.model = optimize_for_inference(load_model(local_copy(model_dir), self.device))
+        with local_copy(model_dir) as folder:
+            self.model = optimize_for_inference(load_model(folder, self.device))
         self.labels = np.array(self.model.labels, dtype=object)
         self.top_k = min(top_k, len(self.labels))
 

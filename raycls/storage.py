@@ -7,6 +7,9 @@ import logging
 import os
 import posixpath
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -165,20 +168,22 @@ def copy_dir(source: str, target: str, last: str | None = None) -> None:
             write_bytes(join(target, path[len(src) + 1 :]), stream.read())
 
 
-def local_copy(uri: str) -> str:
-    """A local folder with the files of `uri`: the path itself when local, else a fresh copy
-    in a temporary folder (a model directory on an object store, once per process)."""
+@contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local folder with the files of `uri`: the path itself when local, else a copy in a
+    temporary folder that is deleted on leaving the block (load the model inside it: a
+    model directory on an object store would otherwise leave a copy per actor on every node).
+    """
     if not is_remote(uri):
-        return uri
-    import tempfile
-
+        yield uri
+        return
     import pyarrow.fs
 
     fs, path = get_filesystem(uri)
-    local = tempfile.mkdtemp(prefix="raycls-model-")
-    pyarrow.fs.copy_files(path, local, source_filesystem=fs)
-    logger.info("copied %s to %s", uri, local)
-    return local
+    with tempfile.TemporaryDirectory(prefix="raycls-model-") as local:
+        pyarrow.fs.copy_files(path, local, source_filesystem=fs)
+        logger.info("copied %s to %s", uri, local)
+        yield local
 
 
 def warn_if_local_on_multinode(out: str) -> None:

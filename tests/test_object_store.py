@@ -5,6 +5,7 @@ bucket, as a user would."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -193,3 +194,9 @@ def test_storage_helpers_on_the_bucket(s3, tmp_path):
     (tmp_path / "m" / "sub" / "a.bin").write_bytes(b"a")
     storage.copy_dir(str(tmp_path / "m"), f"{s3}/copy")
     assert _names(f"{s3}/copy") == {"sub/a.bin"}
+    with storage.local_copy(f"{s3}/copy") as folder:
+        assert (Path(folder) / "sub" / "a.bin").read_bytes() == b"a"
+    assert not Path(folder).exists()  # a bucket's copy is gone after the block
+    with storage.local_copy(str(tmp_path / "m")) as folder:
+        assert folder == str(tmp_path / "m")  # a local folder is used in place, and kept
+    assert (tmp_path / "m" / "sub" / "a.bin").exists()
