@@ -11,7 +11,7 @@ import io
 import logging
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -199,6 +199,35 @@ def _random_crop_box(
     return (left, top, left + side, top + side)
 
 
+def decode_each(
+    images: Sequence[Any],
+    prior: Sequence[Any] | None,
+    use: Callable[[int, Image.Image], None],
+    *,
+    max_pixels: int,
+    min_size: int | Sequence[int | None] | None = None,
+) -> list[str | None]:
+    """Decode each row's bytes and pass the image to `use(row, image)`; returns each row's
+    error, or None. A read error already in `prior` passes through, and whatever decoding or
+    `use` raises becomes that row's message: one bad image never stops a batch.
+
+    `min_size` (one for all rows, or one per row) lets JPEGs decode at a reduced scale.
+    """
+    errors: list[str | None] = [None] * len(images)
+    for i, data in enumerate(images):
+        if prior is not None and isinstance(prior[i], str) and prior[i]:  # NaN: all-null column
+            errors[i] = prior[i]
+            continue
+        size = min_size if min_size is None or isinstance(min_size, int) else min_size[i]
+        try:
+            use(i, decode_image(None if data is None else bytes(data), max_pixels, size))
+        except ImageDecodeError as e:
+            errors[i] = str(e)
+        except Exception as e:  # a per-row failure must not stop a bulk job
+            errors[i] = f"cannot decode image: {type(e).__name__}: {e}"
+    return errors
+
+
 def decode_batch(
     batch: dict[str, Any],
     *,
@@ -215,24 +244,16 @@ def decode_batch(
     `seed` makes train augmentation reproducible (mixed with the batch's keys, so batches
     differ); change it per epoch for fresh crops. None draws fresh randomness.
     """
-    images = batch["image"]
-    n = len(images)
-    prior = batch.get("error")
-    pixels = np.zeros((n, 3, size, size), dtype=np.float32)
-    errors: list[str | None] = [None] * n
+    pixels = np.zeros((len(batch["image"]), 3, size, size), dtype=np.float32)
     rng = np.random.default_rng(None if seed is None else [seed, _batch_fingerprint(batch)])
-    min_size = round(size * 1.25) if train else size
-    for i, data in enumerate(images):
-        if prior is not None and prior[i] is not None:
-            errors[i] = str(prior[i])
-            continue
-        try:
-            img = decode_image(None if data is None else bytes(data), max_pixels, min_size)
-            pixels[i] = preprocess(img, size, train=train, rng=rng, flip=flip)
-        except ImageDecodeError as e:
-            errors[i] = str(e)
-        except Exception as e:  # a per-row failure must not stop a bulk job
-            errors[i] = f"cannot decode image: {type(e).__name__}: {e}"
+
+    def use(i: int, img: Image.Image) -> None:
+        pixels[i] = preprocess(img, size, train=train, rng=rng, flip=flip)
+
+    errors = decode_each(
+        batch["image"], batch.get("error"), use, max_pixels=max_pixels,
+        min_size=round(size * 1.25) if train else size,
+    )  # fmt: skip
     return with_pixels(batch, pixels, errors)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raycls.images import ImageDecodeError, decode_image, preprocess, with_pixels
+from raycls.images import decode_each, preprocess, with_pixels
 from raycls.shards import Shard, read_shard
 
 logger = logging.getLogger(__name__)
@@ -85,29 +85,22 @@ def _chunks(batch: dict[str, np.ndarray], rows: int) -> Iterator[dict[str, np.nd
 def _decode_chunk(
     batch: dict[str, np.ndarray], size: int, max_pixels: int, caption_size: int | None
 ) -> dict[str, np.ndarray]:
-    images, prior = batch["image"], batch["error"]
-    n = len(images)
+    n = len(batch["image"])
     # float16 halves what crosses the object store to a GPU actor; normalised pixels lose
     # nothing that matters (their 8-bit steps are ~0.017, float16's ~0.002).
     pixels = np.zeros((n, 3, size, size), dtype=np.float16)
-    errors: list[str | None] = [None] * n
     wants_caption = _wants_caption(batch) if caption_size else np.zeros(n, dtype=bool)
     captions = np.zeros((n, caption_size or 1, caption_size or 1, 3), dtype=np.uint8)
-    for i, data in enumerate(images):
-        if isinstance(prior[i], str):
-            errors[i] = prior[i]
-            continue
-        # JPEGs decode at a reduced scale, as long as both sides stay >= what is needed.
-        min_size = max(size, caption_size or 0) if wants_caption[i] else size
-        try:
-            img = decode_image(None if data is None else bytes(data), max_pixels, min_size)
-            pixels[i] = preprocess(img, size)
-            if wants_caption[i]:
-                captions[i] = np.asarray(img.resize((caption_size, caption_size)))
-        except ImageDecodeError as e:
-            errors[i] = str(e)
-        except Exception as e:  # a per-row failure must not stop a bulk job
-            errors[i] = f"cannot decode image: {type(e).__name__}: {e}"
+
+    def use(i: int, img: Any) -> None:
+        pixels[i] = preprocess(img, size)
+        if wants_caption[i]:
+            captions[i] = np.asarray(img.resize((caption_size, caption_size)))
+
+    # JPEGs decode at a reduced scale, as long as both sides stay >= what is needed.
+    min_sizes = [max(size, caption_size or 0) if wants else size for wants in wants_caption]
+    errors = decode_each(batch["image"], batch["error"], use, max_pixels=max_pixels,
+                         min_size=min_sizes)  # fmt: skip
     out = with_pixels(batch, pixels, errors)
     if caption_size:
         out["caption_image"] = captions

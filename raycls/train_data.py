@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from raycls.config import Config
-from raycls.images import ImageDecodeError, decode_batch, decode_image
+from raycls.images import decode_batch, decode_each
 from raycls.shards import Shard, relative_to
 from raycls.sources import load_labeled, shard_dataset
 
@@ -175,19 +175,9 @@ def _split_batch(
 
 def _scan_batch(batch: dict[str, Any], *, max_pixels: int) -> dict[str, Any]:
     """Decode each image only to learn whether it can be; keep key, label, text flag, error."""
-    errors = []
-    prior = batch.get("error")
-    for i, data in enumerate(batch["image"]):
-        if prior is not None and isinstance(prior[i], str) and prior[i]:
-            errors.append(prior[i])
-            continue
-        try:
-            decode_image(None if data is None else bytes(data), max_pixels)
-            errors.append("")
-        except ImageDecodeError as e:
-            errors.append(str(e))
-        except Exception as e:  # counted like any other unreadable image
-            errors.append(f"cannot decode image: {type(e).__name__}: {e}")
+    found = decode_each(batch["image"], batch.get("error"), lambda i, img: None,
+                        max_pixels=max_pixels)  # fmt: skip
+    errors = [error or "" for error in found]
     texts = batch.get("text")
     return {
         "key": batch["key"],
