@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from raycls.config import METRICS, Config, save_config
+from raycls.models import check_model_config
 from raycls.search_space import Param, apply_params, build_search_space, describe
 from raycls.sources import require_input
 from raycls.storage import (
@@ -86,6 +87,8 @@ def run_sweep(
     _check_choices(scheduler, search, metric, num_samples, epochs)
     base = config.replace(train={"epochs": epochs, "metric": metric})
     space = build_search_space(search_space, base)  # every error before Ray starts
+    if not {"model.backbone", "model.backbone_weights", "model.text_encoder"} & set(space):
+        check_model_config(base.model)  # searched ones fail per trial, named in the results
     for data in (train_data, val_data):
         if data is not None:
             require_input(data)

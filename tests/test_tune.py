@@ -103,23 +103,32 @@ def test_choice_values_are_checked_against_the_base_config():
     assert space["model.fusion"].kind == "fixed"
 
 
-def test_bad_space_fails_before_ray_or_any_trial(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("model", "space", "data", "message"),
+    [
+        ({}, {"model.fusion": {"choice": ["sum"]}}, "", "model.fusion: value 'sum'"),
+        ({"backbone": "resnet_18"}, None, "", "not a supported torchvision backbone"),
+        ({}, None, "no_such_data", "no_such_data' does not exist"),
+    ],
+)
+def test_bad_settings_fail_before_ray_or_any_trial(tmp_path, monkeypatch, model, space, data,
+                                                   message):  # fmt: skip
     import raycls.tune as tune_module
 
     def no_ray(address):
-        raise AssertionError("Ray must not start for an invalid search space")
+        raise AssertionError("Ray must not start for invalid settings")
 
     monkeypatch.setattr(tune_module, "_init_ray", no_ray)
     out = tmp_path / "sweep"
-    with pytest.raises(ValueError, match="model.fusion: value 'sum'"):
+    with pytest.raises(ValueError, match=message):
         tune_module.run_sweep(
-            Config(),
-            "data",
+            Config().replace(model=model),
+            str(tmp_path / data),
             None,
             str(out),
             num_samples=2,
             epochs=1,
-            search_space={"model.fusion": {"choice": ["sum"]}},
+            search_space=space,
         )
     assert not out.exists()
 
