@@ -57,17 +57,17 @@ def fit(
         address: Ray cluster address; None starts a local Ray (or uses RAY_ADDRESS).
     """
     started = time.time()
-    # Mistyped settings and missing data fail here, in a second, not in the workers.
-    check_model_config(config.model)
-    for data in (train_data, val_data):
-        if data is not None:
-            require_input(data)
     out = resolve_storage_path(out)
     finished = read_json(join(out, METRICS_FILE))
     same = finished is not None and finished.get("config") == config.to_dict()
     if same and finished.get("status") == "finished":
         logger.info("%s already holds a finished run with these settings; not training", out)
         return {**finished, "already_finished": True}
+
+    # Mistyped settings and missing data fail here, in a second, not in the workers.
+    check_model_config(config.model)
+    for data in filter(None, (train_data, val_data)):
+        require_input(data)
 
     # Ray Train's placement-group cleaner asks the state API, which the dashboard serves
     # (on 127.0.0.1 only); without it, it logs a warning every second of training.

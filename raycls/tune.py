@@ -87,11 +87,10 @@ def run_sweep(
     _check_choices(scheduler, search, metric, num_samples, epochs)
     base = config.replace(train={"epochs": epochs, "metric": metric})
     space = build_search_space(search_space, base)  # every error before Ray starts
-    if not {"model.backbone", "model.backbone_weights", "model.text_encoder"} & set(space):
+    if not {"model.backbone", "model.backbone_weights", "model.text_encoder"} & space.keys():
         check_model_config(base.model)  # searched ones fail per trial, named in the results
-    for data in (train_data, val_data):
-        if data is not None:
-            require_input(data)
+    for data in filter(None, (train_data, val_data)):
+        require_input(data)
     out = resolve_storage_path(out)
     settings = _settings(base, space, train_data, val_data, num_samples, scheduler, search)
     _check_same_sweep(out, settings)

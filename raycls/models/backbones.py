@@ -179,10 +179,10 @@ def weights_kind(weights: str | None) -> str:
     return "torchvision"
 
 
-def check_backbone(name: str, weights: str | None) -> str:
+def check_backbone(name: str, weights: str | None) -> None:
     """Raise ValueError unless `name` is a supported backbone and `weights` one of its weights
-    names or an existing state-dict file; returns `weights_kind(weights)`. Cheap: builds
-    nothing, so a run can check its settings before it starts workers."""
+    names or an existing state-dict file. Cheap: builds nothing, so a run can check its
+    settings before it starts workers."""
     if name not in BACKBONES:
         choices = list_backbones()
         raise ValueError(
@@ -194,7 +194,6 @@ def check_backbone(name: str, weights: str | None) -> str:
         _check_weights_name(name, weights)
     elif kind == "file" and not Path(weights).is_file():
         raise ValueError(f"model.backbone_weights: weights file {weights!r} does not exist")
-    return kind
 
 
 def build_backbone(
