@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_classify.py --images 20000 --skip-dataloader
 
 One run on generated 128 px JPEGs and one model prints images/s for (1) the library call
-`raycls.classify.classify` on a local Ray (read, decode, classify, Parquet), (2) the loop a user
+`raycls.classify` on a local Ray (read, decode, classify, Parquet), (2) the loop a user
 would write (Dataset decoding JPEGs with PIL, DataLoader workers, forward, results kept), (3) the
 forward pass alone on pre-decoded tensors (the compute bound), and (4) that forward pass after
 the rewrites raycls's actors apply (`optimize_for_inference`: BatchNorm folded, channels-last),
@@ -102,7 +102,7 @@ def _forward(
     barrier=None,
 ):
     """Seconds for the forward pass over `paths`, decoded beforehand (untimed)."""
-    from raycls.images import decode_image, preprocess
+    from raycls.io.images import decode_image, preprocess
     from raycls.models import load_model, optimize_for_inference
 
     torch.set_num_threads(threads)
@@ -203,7 +203,7 @@ def bench_dataloader(model_dir: str, paths: list[Path], batch_size: int, workers
 
 
 def bench_raycls(model_dir: str, folder: Path, out: Path, args: argparse.Namespace) -> dict:
-    from raycls.classify import PIECE_BATCHES, classify
+    from raycls.bulk.pipeline import PIECE_BATCHES, classify
     from raycls.config import ClassifyConfig
 
     config = ClassifyConfig(
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             model_dir, paths, args.batch_size, args.workers))  # fmt: skip
         rows.append((f"plain DataLoader loop ({args.workers} workers)", *best))
 
-    from raycls.runtime import init_ray
+    from raycls.cluster.runtime import init_ray
 
     started = time.perf_counter()
     init_ray(None)

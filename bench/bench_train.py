@@ -1,4 +1,4 @@
-"""Training throughput: `raycls.train.fit` on one Ray Train worker vs a plain PyTorch loop.
+"""Training throughput: `raycls.train.trainer.fit` on one Ray Train worker vs a plain PyTorch loop.
 
 Both train the same model (resnet18 image-only by default) on the same generated images with the
 same batch size and one torch thread each; the plain loop gets its images decoded up front (no
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from raycls.config import load_config
-from raycls.datasets import make_dataset
-from raycls.images import decode_batch
+from raycls.demo.datasets import make_dataset
+from raycls.io.images import decode_batch
+from raycls.io.inputs import load_labeled
+from raycls.io.shards import read_shard
 from raycls.models import build_model
-from raycls.shards import read_shard
-from raycls.sources import load_labeled
 
 
 def plain_loop(config, data: str, epochs: int) -> list[float]:
@@ -69,7 +69,7 @@ def plain_loop(config, data: str, epochs: int) -> list[float]:
 
 def ray_fit(config, data: str, val: str, out: str) -> tuple[list[float], float]:
     """Samples/s per epoch as fit's loop measured them, and fit's wall time."""
-    from raycls.train import fit
+    from raycls.train.trainer import fit
 
     start = time.perf_counter()
     fit(config, data, out, val_data=val)
@@ -116,7 +116,7 @@ def main() -> None:
     )
     print(f"plain PyTorch loop, before: {_rates(plain)} samples/s")
     print(
-        f"raycls.train.fit, 1 worker: {_rates(fitted)} samples/s (wall {wall:.0f}s with "
+        f"raycls.train.trainer.fit, 1 worker: {_rates(fitted)} samples/s (wall {wall:.0f}s with "
         "start-up, data checks, validation)"
     )
     print(f"plain PyTorch loop, after:  {_rates(plain_after)} samples/s")

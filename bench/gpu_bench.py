@@ -97,9 +97,9 @@ def bench_pipeline(args: argparse.Namespace, device: str) -> dict:
     """`raycls classify` end to end: CPU decode tasks feeding one GPU classification actor."""
     from PIL import Image
 
-    from raycls.classify import classify
+    from raycls.bulk.pipeline import classify
+    from raycls.cluster.runtime import init_ray
     from raycls.models import build_model, save_model
-    from raycls.runtime import init_ray
 
     work = Path(args.workdir)
     folder = work / f"jpegs-{args.pipeline}"

@@ -64,7 +64,7 @@ def make_dataset_cmd(
     kind: str, out: str, per_class: int | None, size: int | None, seed: int
 ) -> None:
     """Write a demo data set to OUT/{train,val,test} (ImageFolder + metadata.parquet)."""
-    from raycls.datasets import make_dataset
+    from raycls.demo.datasets import make_dataset
 
     try:
         summary = make_dataset(kind, out, per_class=per_class, size=size, seed=seed)
@@ -88,7 +88,7 @@ def quickstart_cmd(
     workdir: str, address: str | None, config_file: str | None, overrides: tuple[str, ...]
 ) -> None:
     """Make `shapes`, train a fused model, evaluate it, bulk-classify into Parquet."""
-    from raycls.quickstart import QUICKSTART_CONFIG, run_quickstart
+    from raycls.demo.quickstart import QUICKSTART_CONFIG, run_quickstart
 
     try:
         config = load_config(config_file or QUICKSTART_CONFIG, overrides)
@@ -135,7 +135,7 @@ def submit_cmd(
     command: tuple[str, ...],
 ) -> None:
     """Run a raycls COMMAND on a Ray cluster as a job: raycls submit -- classify ..."""
-    from raycls.submit import JobError, submit_job
+    from raycls.cluster.submit import JobError, submit_job
 
     try:
         outcome = submit_job(
@@ -164,7 +164,7 @@ def jobs_list_cmd(address: str | None) -> None:
     """The cluster's jobs, oldest first: id, status, start time, entrypoint."""
     import time
 
-    from raycls.submit import JobError, list_jobs
+    from raycls.cluster.submit import JobError, list_jobs
 
     try:
         rows = list_jobs(address)
@@ -184,7 +184,7 @@ def jobs_list_cmd(address: str | None) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
 def jobs_logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
     """Print the logs of JOB_ID."""
-    from raycls.submit import JobError, job_logs
+    from raycls.cluster.submit import JobError, job_logs
 
     try:
         job_logs(job_id, _echo_log, address=address, follow=follow)
@@ -197,7 +197,7 @@ def jobs_logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
 @job_address_option
 def jobs_stop_cmd(job_id: str, address: str | None) -> None:
     """Stop JOB_ID."""
-    from raycls.submit import JobError, stop_job
+    from raycls.cluster.submit import JobError, stop_job
 
     try:
         stopped = stop_job(job_id, address=address)
@@ -268,7 +268,7 @@ def classify_cmd(
     **options: object,
 ) -> None:
     """Classify every image of INPUT (folder, .txt list, Parquet, .tar) into Parquet."""
-    from raycls.classify import classify
+    from raycls.bulk.pipeline import classify
 
     names = {
         "cpus_per_actor": "cpus_per_classify_actor",
@@ -321,7 +321,7 @@ def train_cmd(
     **options: object,
 ) -> None:
     """Train on DATA (ImageFolder or labelled Parquet); the best model goes to --out."""
-    from raycls.train import fit
+    from raycls.train.trainer import fit
 
     model_keys = ("fusion", "backbone", "text_encoder")
     given = {k: v for k, v in options.items() if v is not None and v is not False}
@@ -359,8 +359,8 @@ def evaluate_cmd(
     model_dir: str, data: str, out_dir: str | None, batch_size: int, address: str | None
 ) -> None:
     """Score the model in MODEL_DIR on labelled DATA; print a short table."""
-    from raycls.evaluate import evaluate, format_report
-    from raycls.storage import join
+    from raycls.io.storage import join
+    from raycls.train.evaluation import evaluate, format_report
 
     out_dir = out_dir or join(model_dir, "evaluation")
     try:
@@ -404,7 +404,7 @@ def evaluate_cmd(
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="YAML of section.key: distribution; overrides/extends the default space "
-    "(configs/search/default.yaml).",
+    "(raycls/demo/configs/search/default.yaml).",
 )
 @click.option("--scheduler", type=click.Choice(["asha", "none"]), default="asha", show_default=True)
 @click.option(
@@ -439,10 +439,10 @@ def tune_cmd(
     """Search hyperparameters on DATA with Ray Tune; the best model goes to OUT/best_model."""
     import pandas as pd
 
-    from raycls.search_space import load_search_space
-    from raycls.sweep_cluster import parse_resources
-    from raycls.sweep_results import format_summary
-    from raycls.tune import run_sweep
+    from raycls.tune.resources import parse_resources
+    from raycls.tune.results import format_summary
+    from raycls.tune.space import load_search_space
+    from raycls.tune.sweep import run_sweep
 
     try:
         config = load_config(config_file, overrides)

@@ -318,7 +318,7 @@ def load_config(
 
     `path` may be a URI (s3://, gs://), such as the best_config.yaml a sweep wrote there.
     """
-    from raycls.storage import read_bytes
+    from raycls.io.storage import read_bytes
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -342,6 +342,6 @@ def save_config(config: Config, path: str | Path) -> None:
 
     `path` may be a URI (s3://...), as for `load_config`.
     """
-    from raycls.storage import write_bytes
+    from raycls.io.storage import write_bytes
 
     write_bytes(str(path), yaml.safe_dump(config.to_dict(), sort_keys=False).encode())

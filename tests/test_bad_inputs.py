@@ -80,7 +80,7 @@ def model_dir(tmp_path_factory) -> str:
 def test_bad_inputs_become_error_rows(ray_local, tmp_path: Path, model_dir: str):
     import duckdb
 
-    from raycls.classify import classify
+    from raycls.bulk.pipeline import classify
 
     files = corpus()
     folder = tmp_path / "imgs"

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from PIL import Image
 from tiny_models import make_tiny_bert
 
+from raycls.bulk.output import MANIFEST, OutputDir, ShardCollector, result_schema
 from raycls.cli import cli
 from raycls.config import ClassifyConfig, ModelConfig
-from raycls.output import MANIFEST, OutputDir, ShardCollector, result_schema
 
 LABELS = ["cat", "dog", "bird"]
 
@@ -124,8 +124,8 @@ def test_collector_writes_a_shard_once_complete_and_drops_repeats():
 
 def test_stages_run_without_ray(tmp_path, model_dir):
     """read -> decode -> classify as plain calls; an all-null text column arrives as NaN."""
-    from raycls.sources import plan_shards
-    from raycls.stages import ClassifyStage, decode_rows, read_shards
+    from raycls.bulk.stages import ClassifyStage, decode_rows, read_shards
+    from raycls.io.inputs import plan_shards
 
     write_images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "zero.jpg").write_bytes(b"")
@@ -146,8 +146,8 @@ def test_stages_run_without_ray(tmp_path, model_dir):
 
 
 def test_refuses_another_model_or_stray_files(tmp_path, model_dir):
-    from raycls.classify import _manifest, classify
-    from raycls.sources import plan_shards
+    from raycls.bulk.pipeline import _manifest, classify
+    from raycls.io.inputs import plan_shards
 
     write_images(tmp_path / "imgs", 3)
     other = make_model(tmp_path / "other", seed=1)
@@ -200,7 +200,7 @@ def test_folder_with_captioner(ray_local, tmp_path, model_dir, captioner):
 
 
 def classify_(input: Path | str, model_dir: str, out: Path, config: ClassifyConfig, **kw) -> dict:
-    from raycls.classify import classify
+    from raycls.bulk.pipeline import classify
 
     return classify(str(input), model_dir, str(out), config, **kw)
 

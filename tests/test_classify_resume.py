@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from test_classify import make_model, read_output, write_images
 
+from raycls.bulk.output import MANIFEST
 from raycls.config import ClassifyConfig
-from raycls.output import MANIFEST
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _exactly_once(out: Path, images: list[Path]) -> None:
 
 
 def test_rerun_redoes_only_missing_shards_and_overwrite_clears(ray_local, tmp_path, model_dir):
-    from raycls.classify import classify
+    from raycls.bulk.pipeline import classify
 
     images = write_images(tmp_path / "imgs", 12)
     out = tmp_path / "out"
@@ -64,7 +64,7 @@ def test_rerun_redoes_only_missing_shards_and_overwrite_clears(ray_local, tmp_pa
 
 def test_sigkill_mid_run_then_resume(ray_local, tmp_path, model_dir):
     """Kill the CLI with SIGKILL once some shards are committed; a rerun completes the rest."""
-    from raycls.classify import classify
+    from raycls.bulk.pipeline import classify
 
     images = write_images(tmp_path / "imgs", 160)
     out = tmp_path / "out"

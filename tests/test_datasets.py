@@ -1,4 +1,4 @@
-"""Unit tests for raycls.datasets: layout, metadata, determinism."""
+"""Unit tests for raycls.demo.datasets: layout, metadata, determinism."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raycls.datasets import SPLITS, make_dataset
+from raycls.demo.datasets import SPLITS, make_dataset
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

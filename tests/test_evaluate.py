@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from raycls.cli import cli
 from raycls.config import ModelConfig
-from raycls.datasets import make_dataset
-from raycls.evaluate import evaluate, format_report
-from raycls.metrics import classification_metrics, top_k_accuracy
+from raycls.demo.datasets import make_dataset
 from raycls.models import build_model, save_model
+from raycls.train.evaluation import evaluate, format_report
+from raycls.train.metrics import classification_metrics, top_k_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Unit tests for raycls.images: every bad or unusual input is built here, in memory."""
+"""Unit tests for raycls.io.images: every bad or unusual input is built here, in memory."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raycls.images import (
+from raycls.io.images import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -14,11 +14,11 @@ import pytest
 from test_classify import make_model, write_images
 from test_train import _image_only
 
+from raycls.bulk.output import MANIFEST, OutputDir, part_name, result_schema
 from raycls.config import ClassifyConfig, Config, load_config
-from raycls.datasets import make_dataset
-from raycls.output import MANIFEST, OutputDir, part_name, result_schema
-from raycls.storage import copy_dir, get_filesystem
-from raycls.sweep_results import TERMINATED
+from raycls.demo.datasets import make_dataset
+from raycls.io.storage import copy_dir, get_filesystem
+from raycls.tune.results import TERMINATED
 
 
 def _names(uri: str) -> set[str]:
@@ -51,7 +51,7 @@ def shapes(s3, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(ray_local, s3, shapes) -> dict:
     """One epoch of a tiny image-only model on 1 worker, data and --out in the bucket."""
-    from raycls.train import fit
+    from raycls.train.trainer import fit
 
     config = _tiny(epochs=1, num_workers=1)
     out = f"{s3}/train"
@@ -72,7 +72,7 @@ def test_ray_workers_see_the_endpoint(ray_local, s3):
 def test_a_shard_that_fails_mid_write_is_never_committed(s3, monkeypatch):
     """pyarrow completes an object-store upload whenever its stream closes, even on the way
     out of an error; a shard must reach the store whole or not at all."""
-    import raycls.output
+    import raycls.bulk.output
 
     def fail_halfway(table, where, filesystem=None, **kwargs):
         sink = filesystem.open_output_stream(where) if filesystem is not None else where
@@ -84,7 +84,7 @@ def test_a_shard_that_fails_mid_write_is_never_committed(s3, monkeypatch):
     manifest = {"identity": {"model_sha256": "m"}}
     assert out.prepare(manifest, overwrite=False) == set()
     table = result_schema("path").empty_table()
-    monkeypatch.setattr(raycls.output.pq, "write_table", fail_halfway)
+    monkeypatch.setattr(raycls.bulk.output.pq, "write_table", fail_halfway)
     with pytest.raises(OSError, match="simulated"):
         out.write_shard(0, table)
     monkeypatch.undo()
@@ -96,7 +96,7 @@ def test_a_shard_that_fails_mid_write_is_never_committed(s3, monkeypatch):
 
 
 def test_train_writes_model_and_checkpoints_to_the_bucket(trained, shapes):
-    from raycls.train import fit
+    from raycls.train.trainer import fit
 
     out, result = trained["out"], trained["result"]
     assert result["status"] == "finished" and result["epochs_run"] == 1
@@ -110,7 +110,7 @@ def test_train_writes_model_and_checkpoints_to_the_bucket(trained, shapes):
 
 
 def test_classify_from_and_to_the_bucket_writes_each_row_once(s3, trained, tmp_path):
-    from raycls.classify import classify
+    from raycls.bulk.pipeline import classify
 
     images = write_images(tmp_path / "in", 10)
     source, out, model = f"{s3}/in", f"{s3}/preds", trained["out"]  # the model from S3 too
@@ -137,7 +137,7 @@ def test_classify_from_and_to_the_bucket_writes_each_row_once(s3, trained, tmp_p
 
 
 def test_evaluate_a_model_in_the_bucket_into_the_bucket(s3, trained, shapes):
-    from raycls.evaluate import METRICS_FILE, evaluate
+    from raycls.train.evaluation import METRICS_FILE, evaluate
 
     metrics = evaluate(trained["out"], f"{shapes}/val", f"{s3}/report")
     assert metrics["report_dir"] == f"{s3}/report"
@@ -147,7 +147,7 @@ def test_evaluate_a_model_in_the_bucket_into_the_bucket(s3, trained, shapes):
 
 
 def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes):
-    from raycls.tune import SETTINGS_FILE, run_sweep
+    from raycls.tune.sweep import SETTINGS_FILE, run_sweep
 
     out = f"{s3}/sweep"
     args = (_tiny(), f"{shapes}/train", f"{shapes}/val", out)
@@ -182,7 +182,7 @@ def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes
 
 
 def test_storage_helpers_on_the_bucket(s3, tmp_path):
-    from raycls import storage
+    from raycls.io import storage
 
     assert storage.with_scheme(s3.removeprefix("s3://") + "/x/ckpt", f"{s3}/x") == f"{s3}/x/ckpt"
     storage.append_text(f"{s3}/helpers/starts.txt", "1\n")

@@ -8,7 +8,7 @@ import os
 import pyarrow.fs
 import pytest
 
-from raycls import storage
+from raycls.io import storage
 
 
 @pytest.mark.parametrize(
@@ -56,27 +56,29 @@ def test_get_filesystem_local_round_trip(tmp_path, monkeypatch):
 def test_warns_only_for_local_paths_on_multinode_clusters(monkeypatch, caplog):
     import ray
 
-    from raycls import runtime
+    from raycls.cluster import runtime
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(runtime, "cluster_is_multinode", lambda: True)
-    with caplog.at_level(logging.WARNING, logger="raycls.storage"):
-        storage.warn_if_local_on_multinode("s3://bucket/out")
+    with caplog.at_level(logging.WARNING, logger="raycls.cluster.runtime"):
+        runtime.warn_if_local_on_multinode("s3://bucket/out")
         assert not caplog.records
-        storage.warn_if_local_on_multinode("out/preds")
+        runtime.warn_if_local_on_multinode("out/preds")
     assert "out/preds" in caplog.text and "s3://" in caplog.text
 
     caplog.clear()
     monkeypatch.setattr(runtime, "cluster_is_multinode", lambda: False)
-    storage.warn_if_local_on_multinode("out/preds")
+    runtime.warn_if_local_on_multinode("out/preds")
     assert not caplog.records
 
 
 def test_no_warning_without_ray(monkeypatch, caplog):
     import ray
 
+    from raycls.cluster import runtime
+
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    storage.warn_if_local_on_multinode("out/preds")
+    runtime.warn_if_local_on_multinode("out/preds")
     assert not caplog.records
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from raycls import submit
 from raycls.cli import main
+from raycls.cluster import submit
 
 VENV_BIN = Path(sys.executable).parent
 HEAD_PORT_FLAGS = (
@@ -139,7 +139,7 @@ def test_submitted_classify_job_writes_parquet(ray_head, tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from raycls.config import ModelConfig
-    from raycls.datasets import make_dataset
+    from raycls.demo.datasets import make_dataset
     from raycls.models import build_model, save_model
 
     make_dataset("digits", tmp_path / "digits", per_class=2, size=16)

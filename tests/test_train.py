@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from raycls.cli import cli
 from raycls.config import load_config
-from raycls.datasets import make_dataset
-from raycls.shards import Shard
-from raycls.train import CRASH_EPOCH_ENV, CRASH_MARKER_ENV, fit
-from raycls.train_data import _mix_shards, split_is_val
-from raycls.train_loop import _warmup_cosine
+from raycls.demo.datasets import make_dataset
+from raycls.io.shards import Shard
+from raycls.train.data import _mix_shards, split_is_val
+from raycls.train.loop import _warmup_cosine
+from raycls.train.trainer import CRASH_EPOCH_ENV, CRASH_MARKER_ENV, fit
 
 SMALL = {"image_size": 32, "hidden_dim": 32}
 FAST = {"batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.0, "keep_checkpoints": 1}
@@ -98,7 +98,7 @@ def test_bad_settings_and_missing_data_fail_before_ray_starts(
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray started before the settings were checked")
 
-    monkeypatch.setattr("raycls.train.init_ray", no_ray)
+    monkeypatch.setattr("raycls.train.trainer.init_ray", no_ray)
     config = _image_only().replace(
         model={k.split(".")[1]: v for k, v in settings.items() if k.startswith("model.")}
     )
@@ -219,7 +219,7 @@ def test_too_many_corrupt_images_stop_the_run_naming_them(ray_local, digits, tmp
 
 
 def test_a_few_corrupt_images_are_counted_and_skipped(ray_local, digits, tmp_path, caplog):
-    from raycls.train_data import prepare_data
+    from raycls.train.data import prepare_data
 
     data = tmp_path / "train"
     shutil.copytree(digits / "train", data)

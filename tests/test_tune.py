@@ -15,14 +15,8 @@ from click.testing import CliRunner
 
 from raycls.cli import cli
 from raycls.config import Config, load_config
-from raycls.search_space import (
-    DEFAULT_SEARCH_SPACE,
-    apply_params,
-    build_search_space,
-    load_search_space,
-)
-from raycls.sweep_cluster import parse_resources, plan_trials
-from raycls.sweep_results import (
+from raycls.tune.resources import parse_resources, plan_trials
+from raycls.tune.results import (
     EARLY_STOPPED,
     ERROR,
     TERMINATED,
@@ -32,9 +26,15 @@ from raycls.sweep_results import (
     results_table,
     write_results,
 )
+from raycls.tune.space import (
+    DEFAULT_SEARCH_SPACE,
+    apply_params,
+    build_search_space,
+    load_search_space,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_YAML = REPO / "configs" / "search" / "default.yaml"
+DEFAULT_YAML = REPO / "raycls" / "demo" / "configs" / "search" / "default.yaml"
 
 
 # Search space: unit tests, no Ray.
@@ -113,7 +113,7 @@ def test_choice_values_are_checked_against_the_base_config():
 )
 def test_bad_settings_fail_before_ray_or_any_trial(tmp_path, monkeypatch, model, space, data,
                                                    message):  # fmt: skip
-    import raycls.tune as tune_module
+    import raycls.tune.sweep as tune_module
 
     def no_ray(address):
         raise AssertionError("Ray must not start for invalid settings")
@@ -148,7 +148,7 @@ def test_cli_reports_a_bad_search_space_file_before_starting(tmp_path):
 def test_param_space_turns_params_into_tune_domains():
     from ray import tune
 
-    from raycls.tune import _param_space
+    from raycls.tune.sweep import _param_space
 
     space = build_search_space({"model.hidden_dim": {"randint": [16, 64]}}, Config())
     nested = _param_space(space)
@@ -159,7 +159,7 @@ def test_param_space_turns_params_into_tune_domains():
 
 def test_optuna_searcher_samples_the_space():
     pytest.importorskip("optuna")
-    from raycls.tune import _param_space, _searcher
+    from raycls.tune.sweep import _param_space, _searcher
 
     space = build_search_space({"model.hidden_dim": {"randint": [16, 64]}}, Config())
     searcher = _searcher("optuna", seed=0, max_concurrent=2)
@@ -327,7 +327,7 @@ def test_results_files_plot_and_summary(tmp_path):
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path):
-    from raycls.tune import SETTINGS_FILE, _check_same_sweep, _settings
+    from raycls.tune.sweep import SETTINGS_FILE, _check_same_sweep, _settings
 
     space = build_search_space(None, Config())
     settings = _settings(Config(), space, "data", None, 4, "asha", "random")
@@ -346,7 +346,7 @@ FAST = {"warmup_fraction": 0.0, "keep_checkpoints": 1, "max_failures": 0}
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    from raycls.datasets import make_dataset
+    from raycls.demo.datasets import make_dataset
 
     root = tmp_path_factory.mktemp("shapes")
     make_dataset("shapes", root, per_class=8, size=32)
@@ -362,7 +362,7 @@ def tiny_bert(tmp_path_factory) -> str:
 
 def test_small_sweep_exports_results_best_model_and_config(ray_local, shapes, tiny_bert, tmp_path):
     from raycls.models import load_model
-    from raycls.tune import run_sweep
+    from raycls.tune.sweep import run_sweep
 
     config = load_config(None, model={**TINY, "text_encoder": tiny_bert}, train=FAST)
     space = {
@@ -419,7 +419,7 @@ def test_reaper_removes_the_placement_group_of_a_dead_actor(ray_local):
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from raycls.sweep_cluster import remove_orphaned_placement_groups
+    from raycls.tune.resources import remove_orphaned_placement_groups
 
     @ray.remote(num_cpus=0)
     class Controller:

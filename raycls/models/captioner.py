@@ -1,7 +1,7 @@
 """Image captioning with any `AutoModelForImageTextToText` model (BLIP, GIT, Florence-2, VLMs).
 
 The bulk pipeline uses captions as the text input of the fused classifier where an image has no
-text of its own. No Ray import: `raycls.stages` wraps `Captioner` in an actor.
+text of its own. No Ray import: `raycls.bulk.stages` wraps `Captioner` in an actor.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from raycls.storage import (
+from raycls.io.storage import (
     copy_dir,
     get_filesystem,
     is_dir,
@@ -39,7 +39,7 @@ ERROR = "ERROR"
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 PLOT_FILE = "val_metric_per_epoch.png"
-DONE_FILE = "done.json"  # written by raycls.sweep_trial when a Train run ends on its own
+DONE_FILE = "done.json"  # written by raycls.tune.trial when a Train run ends on its own
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b[^:]*:")
 SUMMARY_COLUMNS = ("model.fusion", "train.lr", "train.batch_size", "train.weight_decay")
 

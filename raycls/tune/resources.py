@@ -19,7 +19,7 @@ from raycls.config import Config
 
 logger = logging.getLogger(__name__)
 
-# Kept free for Ray Data: its read tasks ask for one whole CPU each (raycls.sources), so
+# Kept free for Ray Data: its read tasks ask for one whole CPU each (raycls.io.inputs), so
 # workers that leave less than that starve them and the run hangs.
 DATA_RESERVE_CPUS = 1.0
 # The trial driver only waits on its Train controller; a token of memory keeps its Tune

@@ -9,7 +9,7 @@ all write through pyarrow's filesystems.
 
     sweep/                    the Tune experiment (rerunning the same command resumes it)
     trials/<trial_id>/        each trial's Ray Train run (checkpoints) and its start/done marks
-    results.parquet/.csv      one row per trial (see raycls.sweep_results)
+    results.parquet/.csv      one row per trial (see raycls.tune.results)
     val_metric_per_epoch.png  the validation metric per epoch, a line per trial
     best_model/               the best trial's best checkpoint, in the model-directory format
     best_config.yaml          that trial's full Config (`raycls train --config` reads it)
@@ -24,25 +24,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import METRICS, Config, save_config
-from raycls.models import check_model_config
-from raycls.search_space import Param, apply_params, build_search_space, describe
-from raycls.sources import require_input
-from raycls.storage import (
+from raycls.io.inputs import require_input
+from raycls.io.storage import (
     join,
     read_json,
     resolve_storage_path,
-    warn_if_local_on_multinode,
     write_json,
 )
-from raycls.sweep_cluster import (
+from raycls.models import check_model_config
+from raycls.tune.resources import (
     DRIVER_RESOURCES,
     PlacementGroupReaper,
     TrialPlan,
     plan_trials,
     state_api_available,
 )
-from raycls.sweep_results import (
+from raycls.tune.results import (
     best_trial,
     export_model,
     frames_from_results,
@@ -50,6 +49,7 @@ from raycls.sweep_results import (
     results_table,
     write_results,
 )
+from raycls.tune.space import Param, apply_params, build_search_space, describe
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def run_sweep(
     """Search hyperparameters; export results, plot, best model and config to `out`.
 
     Args:
-        search_space: parsed YAML (see raycls.search_space); None for the default space.
+        search_space: parsed YAML (see raycls.tune.space); None for the default space.
         resources_per_trial: all Train workers of one trial together, e.g. {"cpu": 1}.
     Returns the summary written to OUT/summary.json: paths, counts, the best trial and the
     results table as records.
@@ -115,7 +115,7 @@ def run_sweep(
         plan.max_concurrent,
         plan.per_trial,
     )
-    from raycls.train_data import prepare_data
+    from raycls.train.data import prepare_data
 
     data = prepare_data(base, train_data, val_data, plan.data_cpus)
     write_json(join(out, SETTINGS_FILE), settings, indent=1)
@@ -187,7 +187,7 @@ def _init_ray(address: str | None) -> None:
     Ray Train frees the workers of a trial that Tune stopped through the state API, which the
     dashboard serves; without it `PlacementGroupReaper` does that job.
     """
-    from raycls.runtime import init_ray
+    from raycls.cluster.runtime import init_ray
 
     init_ray(address, dashboard=True)
 
@@ -226,7 +226,7 @@ def _tuner(
 ):
     from ray import tune
 
-    from raycls.sweep_trial import run_trial
+    from raycls.tune.trial import run_trial
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -318,7 +318,7 @@ def export_results(
     }
     if best is not None:
         config = apply_params(base, {k: best[k] for k in space if k in best})
-        from raycls.train_loop import MODEL_DIR
+        from raycls.train.loop import MODEL_DIR
 
         summary["best_model"] = export_model(
             best["best_checkpoint"], join(out, "best_model"), MODEL_DIR

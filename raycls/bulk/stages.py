@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raycls.images import decode_each, preprocess, with_pixels
-from raycls.shards import Shard, read_shard
+from raycls.io.images import decode_each, preprocess, with_pixels
+from raycls.io.shards import Shard, read_shard
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ class ClassifyStage:
         num_cpus: float = 1.0,
         use_gpu: bool = False,
     ) -> None:
+        from raycls.io.storage import local_copy
         from raycls.models import load_model, optimize_for_inference
-        from raycls.storage import local_copy
 
         self.batch_size = batch_size
         self.device = _torch_setup(num_cpus, use_gpu)

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from raycls.config import Config
-from raycls.images import decode_batch, decode_each
-from raycls.shards import Shard, relative_to
-from raycls.sources import load_labeled, shard_dataset
+from raycls.io.images import decode_batch, decode_each
+from raycls.io.inputs import load_labeled, shard_dataset
+from raycls.io.shards import Shard, relative_to
 
 if TYPE_CHECKING:
     import ray.data

@@ -32,8 +32,8 @@ import torch.distributed as dist
 from torch import nn
 
 from raycls.config import Config
-from raycls.metrics import classification_metrics
 from raycls.models import FusedClassifier, build_model, save_model
+from raycls.train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Shards, the unit of parallel reading: planned on the driver (`raycls.sources.plan_shards`),
+"""Shards, the unit of parallel reading: planned on the driver (`raycls.io.inputs.plan_shards`),
 read in Ray tasks by `read_shard` into a table of rows. No Ray import here.
 
 Paths are plain local paths or URIs (s3://, gs://, file://) resolved through pyarrow filesystems.
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raycls.images import IMAGE_EXTENSIONS
-from raycls.storage import get_filesystem
+from raycls.io.images import IMAGE_EXTENSIONS
+from raycls.io.storage import get_filesystem
 
 logger = logging.getLogger(__name__)
 

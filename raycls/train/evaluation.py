@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from raycls.images import decode_batch
-from raycls.metrics import (
+from raycls.io.images import decode_batch
+from raycls.io.inputs import load_labeled, shard_dataset
+from raycls.io.shards import read_shard
+from raycls.io.storage import is_remote, join, local_copy, write_bytes, write_json
+from raycls.models import load_model, optimize_for_inference
+from raycls.train.metrics import (
     classification_metrics,
     confusion,
     format_report,
@@ -26,10 +30,6 @@ from raycls.metrics import (
     plot_confusion,
     top_k_accuracy,
 )
-from raycls.models import load_model, optimize_for_inference
-from raycls.shards import read_shard
-from raycls.sources import load_labeled, shard_dataset
-from raycls.storage import is_remote, join, local_copy, write_bytes, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Decoded batches with key, pixels, text, label, status, error."""
     if address is not None:
-        from raycls.runtime import init_ray
+        from raycls.cluster.runtime import init_ray
 
         init_ray(address)
         ds = shard_dataset(shards, **read).map_batches(decode_batch, fn_kwargs={"size": size})

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raycls.images import IMAGE_EXTENSIONS
-from raycls.shards import ROW_SCHEMA, Shard, read_shard, relative_to
-from raycls.storage import get_filesystem
+from raycls.io.images import IMAGE_EXTENSIONS
+from raycls.io.shards import ROW_SCHEMA, Shard, read_shard, relative_to
+from raycls.io.storage import get_filesystem
 
 if TYPE_CHECKING:
     import ray.data

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raycls.storage import get_filesystem, is_remote
+from raycls.io.storage import get_filesystem, is_remote
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ caption (optional actor pool) -> classify (actor pool) -> one Parquet file per s
 
 Result rows stream back to the driver (small columns only: pixels and bytes stay in the
 workers), and each shard's file is committed as soon as all its rows have arrived. A rerun on
-the same OUT_DIR skips committed shards; see `raycls.output` for the manifest rules.
+the same OUT_DIR skips committed shards; see `raycls.bulk.output` for the manifest rules.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import logging
 import time
 from typing import Any
 
+from raycls.bulk.output import OutputDir, ShardCollector, model_fingerprint, result_schema
+from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
-from raycls.output import OutputDir, ShardCollector, model_fingerprint, result_schema
-from raycls.shards import Shard, split_shard
-from raycls.sources import plan_shards
-from raycls.storage import get_filesystem, is_remote, warn_if_local_on_multinode
+from raycls.io.inputs import plan_shards
+from raycls.io.shards import Shard, split_shard
+from raycls.io.storage import get_filesystem, is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def classify(
         ValueError: bad input, model or settings; `out_dir` holds another run's results and
             `overwrite` is False.
     """
-    from raycls.runtime import init_ray
+    from raycls.cluster.runtime import init_ray
 
     started = time.perf_counter()
     shards = plan_shards(input, config.shard_size, text_column=config.text_column)
@@ -102,7 +103,7 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
     """
     import ray.data
 
-    from raycls.stages import CaptionStage, ClassifyStage, decode_rows, read_shards
+    from raycls.bulk.stages import CaptionStage, ClassifyStage, decode_rows, read_shards
 
     c = config
     actors = [

@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 from raycls.config import Config
-from raycls.search_space import apply_params
-from raycls.storage import append_text, join, write_json
-from raycls.sweep_results import DONE_FILE
+from raycls.io.storage import append_text, join, write_json
+from raycls.tune.results import DONE_FILE
+from raycls.tune.space import apply_params
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def run_trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raycls.train import build_trainer
+    from raycls.train.trainer import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     run_dir = join(trials_dir, trial_id)

@@ -15,20 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raycls.cluster.runtime import cluster_is_multinode, init_ray, warn_if_local_on_multinode
 from raycls.config import Config
-from raycls.models import check_model_config
-from raycls.runtime import cluster_is_multinode, init_ray
-from raycls.sources import require_input
-from raycls.storage import (
+from raycls.io.inputs import require_input
+from raycls.io.storage import (
     copy_dir,
     join,
     read_json,
     resolve_storage_path,
-    warn_if_local_on_multinode,
     write_json,
 )
-from raycls.train_data import TrainData, prepare_data
-from raycls.train_loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
+from raycls.models import check_model_config
+from raycls.train.data import TrainData, prepare_data
+from raycls.train.loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ def _plan_cpus(config: Config) -> tuple[float, float]:
     need = t.num_workers * t.cpus_per_worker
     if total <= 0 or cluster_is_multinode():
         return t.cpus_per_worker, 1.0
-    # One whole CPU: the read tasks of raycls.sources ask for one each.
+    # One whole CPU: the read tasks of raycls.io.inputs ask for one each.
     reserve = 1.0
     if need + reserve <= total:
         return t.cpus_per_worker, min(1.0, total - need)
@@ -226,7 +225,7 @@ def _plan_cpus(config: Config) -> tuple[float, float]:
 
 
 def _test_crash() -> dict[str, Any] | None:
-    """Test hook: kill rank 0 once in a given epoch (see raycls.train_loop)."""
+    """Test hook: kill rank 0 once in a given epoch (see raycls.train.loop)."""
     epoch = os.environ.get(CRASH_EPOCH_ENV)
     if not epoch:
         return None

@@ -23,11 +23,11 @@ def run_quickstart(
     echo: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Make `shapes`, train a fused model, evaluate it, classify the test images into Parquet."""
-    from raycls.classify import classify
-    from raycls.datasets import make_dataset
-    from raycls.evaluate import evaluate, format_report
-    from raycls.runtime import init_ray
-    from raycls.train import fit
+    from raycls.bulk.pipeline import classify
+    from raycls.cluster.runtime import init_ray
+    from raycls.demo.datasets import make_dataset
+    from raycls.train.evaluation import evaluate, format_report
+    from raycls.train.trainer import fit
 
     config = config or load_config(QUICKSTART_CONFIG)
     work = Path(workdir).resolve()

@@ -184,22 +184,3 @@ def local_copy(uri: str) -> Iterator[str]:
         pyarrow.fs.copy_files(path, local, source_filesystem=fs)
         logger.info("copied %s to %s", uri, local)
         yield local
-
-
-def warn_if_local_on_multinode(out: str) -> None:
-    """Warn when `out` is a local path and the connected Ray cluster has several nodes."""
-    if is_remote(out):
-        return
-    import ray
-
-    from raycls import runtime
-
-    if not ray.is_initialized() or not runtime.cluster_is_multinode():
-        return
-    logger.warning(
-        "Output %r is a local path but the Ray cluster has several nodes: each node would "
-        "write its share to its own disk. Use storage every node can reach, e.g. "
-        "s3://bucket/prefix or gs://bucket/prefix, or a folder on a shared filesystem (NFS) "
-        "mounted at the same path on every node.",
-        out,
-    )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from raycls.runtime import WORKER_ENV
+from raycls.cluster.runtime import WORKER_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def resolve_address(address: str | None = None) -> str:
 
 def source_checkout() -> Path | None:
     """The repository root when raycls runs from a source checkout, else None."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
 
 

@@ -11,7 +11,7 @@ A space is a mapping of config paths to distributions, written in YAML like this
 
 Sections may also be nested (`train: {lr: {loguniform: [...]}}`). A user's space overrides or
 extends `DEFAULT_SEARCH_SPACE` key by key; fixing a key to a plain value takes it out of the
-search. No Ray import here: `raycls.tune` turns a validated space into Tune domains.
+search. No Ray import here: `raycls.tune.sweep` turns a validated space into Tune domains.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from raycls.config import Config, merge
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 
-# `configs/search/default.yaml` holds the same space, for users to copy and edit.
+# `raycls/demo/configs/search/default.yaml` holds the same space, for users to copy and edit.
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "train.lr": {"loguniform": [1.0e-4, 3.0e-3]},
     "train.batch_size": {"choice": [16, 32, 64]},

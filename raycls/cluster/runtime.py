@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from raycls.io.storage import is_remote
+
 logger = logging.getLogger(__name__)
 
 # Quiet, offline-friendly workers: no per-load progress bars from the hub or transformers.
@@ -67,3 +69,20 @@ def cluster_is_multinode() -> bool:
     import ray
 
     return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+
+
+def warn_if_local_on_multinode(out: str) -> None:
+    """Warn when `out` is a local path and the connected Ray cluster has several nodes."""
+    if is_remote(out):
+        return
+    import ray
+
+    if not ray.is_initialized() or not cluster_is_multinode():
+        return
+    logger.warning(
+        "Output %r is a local path but the Ray cluster has several nodes: each node would "
+        "write its share to its own disk. Use storage every node can reach, e.g. "
+        "s3://bucket/prefix or gs://bucket/prefix, or a folder on a shared filesystem (NFS) "
+        "mounted at the same path on every node.",
+        out,
+    )
