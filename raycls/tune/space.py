@@ -36,10 +36,10 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "train.weight_decay": {"loguniform": [1.0e-4, 1.0e-1]},
 }
 
-# Set by the sweep itself (`--epochs`, `--metric`) or irrelevant to training.
+# The same for every trial of a sweep, or irrelevant to training.
 _NOT_SEARCHABLE = {
-    "train.epochs": "it is the sweep's --epochs (ASHA's max_t)",
-    "train.metric": "it is the sweep's --metric",
+    "train.epochs": "it is every trial's length (ASHA's max_t); set it in the config or --epochs",
+    "train.metric": "trials are ranked by it; set it in the config or --metric",
     "classify": "classify settings do not affect training",
     "data": "the data are prepared once for all trials; set data.* in the config",
     "model.image_size": "the images are prepared once for all trials; set it in the config",

@@ -68,24 +68,27 @@ def run_sweep(
     *,
     num_samples: int = 8,
     max_concurrent: int = 2,
-    epochs: int = 5,
+    epochs: int | None = None,
     search_space: dict[str, Any] | None = None,
     scheduler: str = "asha",
     search: str = "random",
-    metric: str = "val_accuracy",
+    metric: str | None = None,
     resources_per_trial: dict[str, float] | None = None,
     address: str | None = None,
 ) -> dict[str, Any]:
     """Search hyperparameters; export results, plot, best model and config to `out`.
 
     Args:
+        epochs, metric: override `config.train.epochs` / `.metric` when given (not None).
         search_space: parsed YAML (see raycls.tune.space); None for the default space.
         resources_per_trial: all Train workers of one trial together, e.g. {"cpu": 1}.
     Returns the summary written to OUT/summary.json: paths, counts, the best trial and the
     results table as records.
     """
+    given = {"epochs": epochs, "metric": metric}
+    base = config.replace(train={k: v for k, v in given.items() if v is not None})
+    epochs, metric = base.train.epochs, base.train.metric
     _check_choices(scheduler, search, metric, num_samples, epochs)
-    base = config.replace(train={"epochs": epochs, "metric": metric})
     space = build_search_space(search_space, base)  # every error before Ray starts
     if not {"model.backbone", "model.backbone_weights", "model.text_encoder"} & space.keys():
         check_model_config(base.model)  # searched ones fail per trial, named in the results
