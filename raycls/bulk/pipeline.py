@@ -14,12 +14,19 @@ import logging
 import time
 from typing import Any
 
-from raycls.bulk.output import OutputDir, ShardCollector, model_fingerprint, result_schema
+from raycls.bulk.output import (
+    OutputDir,
+    ShardCollector,
+    count_statuses,
+    model_fingerprint,
+    result_schema,
+)
 from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import plan_shards
 from raycls.io.shards import Shard, split_shard
 from raycls.io.storage import get_filesystem, is_remote
+from raycls.models.files import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +193,7 @@ def _run(
         for index, table in collector.add(batch):
             out.write_shard(index, table)
             todo.discard(index)
-            for item in table.column("status").value_counts().to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+            count_statuses(table, counts)
         if time.perf_counter() - last_log > PROGRESS_EVERY_S:
             last_log = time.perf_counter()
             rows = sum(counts.values())
@@ -231,7 +237,7 @@ def _key_name(shards: list[Shard]) -> str:
 
 def _image_size(model_dir: str) -> int:
     fs, base = get_filesystem(model_dir)
-    with fs.open_input_stream(base.rstrip("/") + "/config.json") as f:
+    with fs.open_input_stream(f"{base.rstrip('/')}/{CONFIG_FILE}") as f:
         data = json.loads(f.read())
     section = data.get("model", data) if isinstance(data.get("model"), dict) else data
     return int(section.get("image_size", 128))

@@ -47,6 +47,7 @@ from raycls.tune.results import (
     frames_from_results,
     plot_history,
     results_table,
+    status_counts,
     write_results,
 )
 from raycls.tune.space import Param, apply_params, build_search_space, describe
@@ -316,7 +317,7 @@ def export_results(
         "best_model": None,
         "best_config": None,
         "best_trial": best,
-        "status_counts": table["status"].value_counts().to_dict() if len(table) else {},
+        "status_counts": status_counts(table),
         "state_api": state_api_available(),
     }
     if best is not None:
