@@ -173,6 +173,19 @@ def test_optuna_searcher_samples_the_space():
 # Resources: unit tests with a made-up cluster.
 
 
+def test_pure_modules_import_no_ray():
+    """Planning and search spaces are plain functions: importing them starts no Ray import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, raycls.tune.resources, raycls.tune.space, raycls.config, raycls.cli_common\n"
+        "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray.'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_parse_resources_accepts_pairs_and_json():
     assert parse_resources("cpu=1, gpu=0") == {"cpu": 1.0, "gpu": 0.0}
     assert parse_resources('{"cpu": 0.5, "accel": 1}') == {"cpu": 0.5, "accel": 1.0}
@@ -419,7 +432,7 @@ def test_reaper_removes_the_placement_group_of_a_dead_actor(ray_local):
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from raycls.tune.resources import remove_orphaned_placement_groups
+    from raycls.tune.cleanup import remove_orphaned_placement_groups
 
     @ray.remote(num_cpus=0)
     class Controller:

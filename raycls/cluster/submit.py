@@ -131,7 +131,7 @@ def _auth_headers() -> dict[str, str]:
     """
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return {}
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationTokenLoader  # private, checked against Ray 2.60
 
     return AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True)
 

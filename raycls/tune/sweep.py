@@ -34,12 +34,11 @@ from raycls.io.storage import (
     write_json,
 )
 from raycls.models import check_model_config
+from raycls.tune.cleanup import PlacementGroupReaper, state_api_available
 from raycls.tune.resources import (
     DRIVER_RESOURCES,
-    PlacementGroupReaper,
     TrialPlan,
     plan_trials,
-    state_api_available,
 )
 from raycls.tune.results import (
     best_trial,
