@@ -37,7 +37,10 @@ def temp_home(tmp_path_factory):
     ~): tests must not touch the user's own, which the user's real clusters use.
     """
     home = tmp_path_factory.mktemp("home")
+    # Matplotlib's font cache is the user's own: rebuilding it costs seconds per session.
+    fonts = os.environ.get("MPLCONFIGDIR") or os.path.expanduser("~/.config/matplotlib")
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLCONFIGDIR", fonts)
         patch.setenv("HOME", str(home))
         patch.setenv("RAY_AUTH_TOKEN_PATH", str(home / ".ray" / "auth_token"))
         yield home

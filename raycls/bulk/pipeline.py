@@ -140,7 +140,7 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
     for i, actor in enumerate(actors):
         if fused and i == 0:
             # A second read task queued at each actor starts the moment the first ends (no
-            # scheduling gap, ~0.2 s a task on 2 cores); at most one more waits there, so the
+            # scheduling gap between tasks); at most one more waits there, so the
             # actors still finish within one slice of each other.
             actor.update(batch_size=None, compute=_pool(actor["size"], in_flight=2))
         else:
@@ -185,8 +185,8 @@ def _run(
     counts: dict[str, int] = {}
     first_rows_at = last_log = None
     # No prefetching: with it, Ray Data held finished result blocks back until more were
-    # ready (2,000 images: first rows at the driver 11.6 s in instead of 9.0 s, a task's
-    # length late), which delays every shard's commit. Result blocks are small to fetch.
+    # ready (the first rows reached the driver about a task's length late), which delays
+    # every shard's commit. Result blocks are small to fetch.
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         first_rows_at = first_rows_at or time.perf_counter()
         last_log = last_log or first_rows_at  # progress (and its rate) from the first results

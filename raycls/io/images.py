@@ -174,8 +174,8 @@ def preprocess(
         out = img.resize(
             (size, size), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
         )
-    # One fused multiply-add per channel plane straight from uint8: ~6x faster than
-    # float conversion, scaling, normalising and transposing as separate whole-array passes.
+    # One fused multiply-add per channel plane straight from uint8, instead of float
+    # conversion, scaling, normalising and transposing as separate whole-array passes.
     rgb = np.asarray(out)
     arr = np.empty((3, size, size), dtype=np.float32)
     for c in range(3):
