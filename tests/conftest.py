@@ -38,11 +38,11 @@ def temp_home(tmp_path_factory):
     """
     home = tmp_path_factory.mktemp("home")
     # Matplotlib's font cache is the user's own: rebuilding it costs seconds per session.
-    fonts = os.environ.get("MPLCONFIGDIR") or os.path.expanduser("~/.config/matplotlib")
+    fonts = os.environ.get("MPLCONFIGDIR") or os.path.expanduser("~/.cache/matplotlib")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MPLCONFIGDIR", fonts)
         patch.setenv("HOME", str(home))
-        patch.setenv("RAY_AUTH_TOKEN_PATH", str(home / ".ray" / "auth_token"))
+        patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)  # else Ray would use the user's
         yield home
 
 
