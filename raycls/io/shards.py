@@ -210,7 +210,7 @@ def check_columns(uri: str, names: list[str], columns: dict[str, str | None]) ->
     """Refuse a Parquet file (with column `names`) that lacks a column the settings name.
 
     Args:
-        columns: setting -> column it names, e.g. {"image_column": "img"}; None is not needed.
+        columns: setting -> the column it names, e.g. {"image_column": "img"}; None: no column.
     """
     for setting, name in columns.items():
         if name is not None and name not in names:
