@@ -76,10 +76,20 @@ def bench_classify(args: argparse.Namespace, device: str) -> list[dict]:
     return results
 
 
-def bench_caption(args: argparse.Namespace, device: str) -> list[dict]:
-    from raycls.models.captioner import Captioner, make_tiny_captioner
+def _tiny_captioner(path: Path) -> str:
+    """The tests' tiny random BLIP (tests/tiny_models.py): only for runs without a captioner."""
+    import sys
 
-    name = args.captioner or make_tiny_captioner(Path(args.workdir) / "tiny-captioner")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_models import make_tiny_captioner
+
+    return make_tiny_captioner(path)
+
+
+def bench_caption(args: argparse.Namespace, device: str) -> list[dict]:
+    from raycls.models.captioner import Captioner
+
+    name = args.captioner or _tiny_captioner(Path(args.workdir) / "tiny-captioner")
     captioner = Captioner(name, device=device, max_new_tokens=args.max_new_tokens)
     print(f"captioner: {name} ({captioner.dtype}, max_new_tokens={args.max_new_tokens})")
     rng = np.random.default_rng(0)

@@ -20,6 +20,7 @@ POOLINGS = ("mean", "cls", "last")
 TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
@@ -89,7 +90,7 @@ class DataConfig:
     flip: bool = True
     # A run stops with an error when more than this fraction of images cannot be decoded.
     max_bad_fraction: float = 0.05
-    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -156,7 +157,7 @@ class ClassifyConfig:
     gpus_per_classify_actor: float = 0.0
     gpus_per_caption_actor: float = 0.0
     shard_size: int = 1000  # input rows per output Parquet file
-    max_pixels: int = 89_478_485
+    max_pixels: int = DEFAULT_MAX_PIXELS
     trust_remote_code: bool = False
     # Images reach the captioner as RGB squares of this side (its processor resizes further).
     caption_image_size: int = 384

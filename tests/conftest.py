@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session, small generated data, an S3 server."""
+"""Shared fixtures: one local Ray per test session, an S3 server, a temporary HOME; and the
+rule that marks integration tests (`pytest -m "not integration"` runs the fast unit tests)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 BUCKET = "raycls-test"
+# A test that uses one of these (directly or through another fixture) is an integration test:
+# a local Ray, a real `ray start --head`, an S3 server.
+INTEGRATION_FIXTURES = ("ray_local", "ray_head", "s3")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark integration tests by the fixtures they use; slow tests count as integration too."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & set(INTEGRATION_FIXTURES) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_home(tmp_path_factory):
+    """HOME is a temporary folder for the whole session, set before Ray starts.
+
+    Ray writes its cluster token to ~/.ray/auth_token (and other tools their caches under
+    ~): tests must not touch the user's own, which the user's real clusters use.
+    """
+    home = tmp_path_factory.mktemp("home")
+    # Matplotlib's font cache is the user's own: rebuilding it costs seconds per session.
+    fonts = os.environ.get("MPLCONFIGDIR") or os.path.expanduser("~/.cache/matplotlib")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLCONFIGDIR", fonts)
+        patch.setenv("HOME", str(home))
+        patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)  # else Ray would use the user's
+        yield home
 
 
 def _session_uses(request: pytest.FixtureRequest, fixture: str) -> bool:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import check_rows, image_bytes, make_model, read_output
 from PIL import Image
-from test_classify import check_rows, image_bytes, make_model, read_output
 
 from raycls.config import ClassifyConfig
 

@@ -12,55 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-from tiny_models import make_tiny_bert
+from helpers import check_rows, image_bytes, make_model, read_output, write_images
+from tiny_models import make_tiny_captioner
 
 from raycls.bulk.output import MANIFEST, OutputDir, ShardCollector, result_schema
 from raycls.cli import cli
-from raycls.config import ClassifyConfig, ModelConfig
-
-LABELS = ["cat", "dog", "bird"]
-
-
-# Helpers shared with test_bad_inputs.py and test_classify_resume.py.
-
-
-def make_model(root: Path, seed: int = 0, fusion: str = "concat") -> str:
-    """A tiny resnet18 + 2-layer BERT fused model, saved like `raycls train` saves one."""
-    import torch
-
-    from raycls.models import build_model, save_model
-
-    bert = make_tiny_bert(root / "bert")
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        backbone="resnet18", image_size=32, text_encoder=bert, hidden_dim=32, fusion=fusion
-    )
-    save_model(build_model(config, LABELS), root / "model")
-    return str(root / "model")
-
-
-def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> bytes:
-    rng = np.random.default_rng(seed)
-    array = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def write_images(folder: Path, n: int, start: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        path = folder / f"img{i:04d}.jpg"
-        path.write_bytes(image_bytes(i))
-        paths.append(path)
-    return paths
-
-
-def read_output(out: str | Path) -> pa.Table:
-    files = sorted(Path(out).glob("part-*.parquet"))
-    return pa.concat_tables(pq.read_table(f) for f in files)
+from raycls.config import ClassifyConfig
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +27,7 @@ def model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory) -> str:
-    from raycls.models.captioner import make_tiny_captioner
-
     return make_tiny_captioner(tmp_path_factory.mktemp("captioner"))
-
-
-def check_rows(table: pa.Table, key: str) -> None:
-    """Every row well-formed: ok rows have a label in LABELS and sorted top-k; errors a message."""
-    for row in table.to_pylist():
-        if row["status"] == "ok":
-            assert row["label"] in LABELS and row["error"] is None
-            assert row["top_k_labels"][0] == row["label"] and len(row["top_k_labels"]) == 3
-            assert row["top_k_scores"] == sorted(row["top_k_scores"], reverse=True)
-            assert row["score"] == pytest.approx(row["top_k_scores"][0])
-        else:
-            assert row["status"] == "error" and row["error"] and row["label"] is None
-    assert table.column_names[0] == key
 
 
 # Unit tests: no Ray.

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_classify import make_model, read_output, write_images
+from helpers import make_model, read_output, write_images
 
 from raycls.bulk.output import MANIFEST
 from raycls.config import ClassifyConfig

@@ -31,6 +31,7 @@ def test_overrides_are_typed():
     assert config.train.epochs == 2 and isinstance(config.train.epochs, int)
     assert config.train.use_gpu is True
     assert config.model.text_encoder is None
+    assert config.model.fusion == "image_only"  # the later of two overrides of one key wins
 
 
 @pytest.mark.parametrize(

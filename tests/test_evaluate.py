@@ -36,10 +36,35 @@ def test_classification_metrics_count_absent_classes():
     assert top_k_accuracy(np.array([2, 2]), scores, 2) == 0.5
 
 
+def _predict_each(model_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and predictions image by image, without raycls's reading and batching (the same
+    inference rewrites as `evaluate`, so float rounding cannot flip a near tie)."""
+    import torch
+
+    from raycls.io.images import decode_image, preprocess
+    from raycls.models import load_model, optimize_for_inference
+
+    model = optimize_for_inference(load_model(str(model_dir)))
+    index = {name: i for i, name in enumerate(model.labels)}
+    labels, preds = [], []
+    for path in sorted(data.glob("*/*.png")):
+        pixels = preprocess(decode_image(path.read_bytes()), model.config.image_size)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(pixels)[None], **model.tokenize([None]))
+        labels.append(index[path.parent.name])
+        preds.append(int(logits.argmax()))
+    return np.array(labels), np.array(preds)
+
+
 def test_evaluate_writes_metrics_and_plot(setup, tmp_path):
     model_dir, data = setup
     metrics = evaluate(str(model_dir), str(data), str(tmp_path / "report"), batch_size=50)
-    assert metrics["count"] == 270 and 0.0 <= metrics["accuracy"] <= 1.0
+    labels, preds = _predict_each(model_dir, data)
+    assert metrics["count"] == len(labels) == 270
+    assert metrics["accuracy"] == pytest.approx(float((labels == preds).mean()))
+    expected = np.zeros((10, 10), dtype=int)
+    np.add.at(expected, (labels, preds), 1)
+    assert np.array_equal(metrics["confusion_matrix"], expected)
     assert "top5_accuracy" in metrics and metrics["top5_accuracy"] >= metrics["accuracy"]
     assert metrics["per_class"]["3"]["support"] == 27
     assert np.asarray(metrics["confusion_matrix"]).sum() == 270

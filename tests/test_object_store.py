@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from test_classify import make_model, write_images
-from test_train import _image_only
+from click.testing import CliRunner
+from helpers import image_only, make_model, write_images
 
 from raycls.bulk.output import MANIFEST, OutputDir, part_name, result_schema
 from raycls.config import ClassifyConfig, Config, load_config
@@ -29,8 +29,8 @@ def _names(uri: str) -> set[str]:
 
 
 def _tiny(**train) -> Config:
-    """test_train's image-only settings on a 0.4M-parameter backbone: small checkpoints."""
-    return _image_only(**train).replace(model={"backbone": "shufflenet_v2_x0_5"})
+    """Image-only settings on a 0.4M-parameter backbone: small checkpoints."""
+    return image_only(**train).replace(model={"backbone": "shufflenet_v2_x0_5"})
 
 
 def _read(uri: str) -> pa.Table:
@@ -144,6 +144,28 @@ def test_evaluate_a_model_in_the_bucket_into_the_bucket(s3, trained, shapes):
     assert _names(f"{s3}/report") == {METRICS_FILE, "confusion_matrix.png"}
     # The same model on the same images as training's own validation pass.
     assert metrics["accuracy"] == pytest.approx(trained["result"]["val_accuracy"])
+
+
+def test_cli_evaluates_bucket_model_and_data_with_a_config(s3, trained, shapes, tmp_path):
+    """`raycls evaluate s3://.../model s3://.../data --config c.yaml`: the data settings of the
+    file and of `a.b=value` overrides reach the reading (shapes images are 32x32 = 1024 px)."""
+    from raycls.cli import cli
+    from raycls.io.storage import read_json
+
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  max_pixels: 2000\n  label_column: label\n")
+    model, data = trained["out"], f"{shapes}/val"
+    result = CliRunner().invoke(cli, ["evaluate", model, data, "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"Report: {model}/evaluation" in result.output
+    assert {"evaluation/metrics.json", "evaluation/confusion_matrix.png"} <= _names(model)
+    metrics = read_json(f"{model}/evaluation/metrics.json")
+    assert metrics["accuracy"] == pytest.approx(trained["result"]["val_accuracy"])
+    assert metrics["bad_count"] == 0
+    refused = CliRunner().invoke(
+        cli, ["evaluate", model, data, "--config", str(config), "data.max_pixels=1000"]
+    )
+    assert refused.exit_code != 0 and "no readable labelled images" in refused.output
 
 
 def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes):

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import FAST, SMALL
+from helpers import image_only as _image_only
 
 from raycls.cli import cli
 from raycls.config import load_config
@@ -17,9 +19,6 @@ from raycls.io.shards import Shard
 from raycls.train.data import _mix_shards, split_is_val
 from raycls.train.loop import _warmup_cosine
 from raycls.train.trainer import CRASH_EPOCH_ENV, CRASH_MARKER_ENV, fit
-
-SMALL = {"image_size": 32, "hidden_dim": 32}
-FAST = {"batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.0, "keep_checkpoints": 1}
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +35,6 @@ def digits(tmp_path_factory) -> Path:
         for path in sorted(src.glob("*.png"))[:keep]:
             shutil.copy(path, dst / path.name)
     return root
-
-
-def _image_only(**train):
-    return load_config(
-        None,
-        model={**SMALL, "fusion": "image_only", "text_encoder": "none"},
-        train={**FAST, **train},
-    )
 
 
 # Unit tests: no Ray.

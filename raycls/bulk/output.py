@@ -18,31 +18,22 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raycls.bulk.schema import result_schema  # noqa: F401 (re-exported)
 from raycls.io.storage import get_filesystem, is_remote
+from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 PART = re.compile(r"^part-(\d{6})\.parquet$")
-# Columns of the result batches that only route rows to their shard file.
-ROUTING = ("shard", "shard_rows", "row")
 
 
-def result_schema(key_name: str) -> pa.Schema:
-    """The output columns: plain Arrow types that pyarrow, pandas, DuckDB and Spark all read."""
-    return pa.schema(
-        [
-            (key_name, pa.string()),
-            ("label", pa.string()),
-            ("score", pa.float32()),
-            ("top_k_labels", pa.list_(pa.string())),
-            ("top_k_scores", pa.list_(pa.float32())),
-            ("caption", pa.string()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("model", pa.string()),
-        ]
-    )
+def count_statuses(table: pa.Table, counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Rows per status ("ok", "error") in `table`, added to `counts`, which is returned."""
+    counts = {} if counts is None else counts
+    for item in table.column("status").value_counts().to_pylist():
+        counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return counts
 
 
 def part_name(index: int) -> str:
@@ -57,13 +48,13 @@ def model_fingerprint(model_dir: str) -> dict[str, Any]:
     fs, base = get_filesystem(model_dir)
     base = base.rstrip("/")
     digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
         path = f"{base}/{name}"
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:
             raise ValueError(
                 f"model directory {model_dir!r} has no {name}; give a directory written by "
-                "`raycls train` (config.json, model.safetensors, text_encoder/)"
+                f"`raycls train` ({CONFIG_FILE}, {WEIGHTS_FILE}, {TEXT_DIR}/)"
             )
         digest.update(f"{name}:{info.size}".encode())
         with fs.open_input_file(path) as f:
@@ -142,9 +133,7 @@ class OutputDir:
         counts: dict[str, int] = {}
         for index in indices:
             path = f"{self.path}/{part_name(index)}"
-            table = pq.read_table(path, columns=["status"], filesystem=self.fs)
-            for item in table.column("status").value_counts().to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+            count_statuses(pq.read_table(path, columns=["status"], filesystem=self.fs), counts)
         return counts
 
     def _parts(self) -> dict[int, str]:

@@ -14,12 +14,19 @@ import logging
 import time
 from typing import Any
 
-from raycls.bulk.output import OutputDir, ShardCollector, model_fingerprint, result_schema
+from raycls.bulk.output import (
+    OutputDir,
+    ShardCollector,
+    count_statuses,
+    model_fingerprint,
+    result_schema,
+)
 from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import plan_shards
 from raycls.io.shards import Shard, split_shard
 from raycls.io.storage import get_filesystem, is_remote
+from raycls.models.files import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +140,7 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
     for i, actor in enumerate(actors):
         if fused and i == 0:
             # A second read task queued at each actor starts the moment the first ends (no
-            # scheduling gap, ~0.2 s a task on 2 cores); at most one more waits there, so the
+            # scheduling gap between tasks); at most one more waits there, so the
             # actors still finish within one slice of each other.
             actor.update(batch_size=None, compute=_pool(actor["size"], in_flight=2))
         else:
@@ -176,24 +183,23 @@ def _run(
     collector = ShardCollector(result_schema(key_name), model_name=model_dir)
     todo = {s.index for s in shards}
     counts: dict[str, int] = {}
-    started = last_log = time.perf_counter()
-    first_rows_at = None
+    first_rows_at = last_log = None
     # No prefetching: with it, Ray Data held finished result blocks back until more were
-    # ready (2,000 images: first rows at the driver 11.6 s in instead of 9.0 s, a task's
-    # length late), which delays every shard's commit. Result blocks are small to fetch.
+    # ready (the first rows reached the driver about a task's length late), which delays
+    # every shard's commit. Result blocks are small to fetch.
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         first_rows_at = first_rows_at or time.perf_counter()
+        last_log = last_log or first_rows_at  # progress (and its rate) from the first results
         for index, table in collector.add(batch):
             out.write_shard(index, table)
             todo.discard(index)
-            for item in table.column("status").value_counts().to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+            count_statuses(table, counts)
         if time.perf_counter() - last_log > PROGRESS_EVERY_S:
             last_log = time.perf_counter()
             rows = sum(counts.values())
             logger.info(
-                "classify: %d/%d shards committed, %d rows, %.1f images/s",
-                len(shards) - len(todo), len(shards), rows, rows / (last_log - started),
+                "classify: %d/%d shards committed, %d rows, %.1f images/s since the first results",
+                len(shards) - len(todo), len(shards), rows, rows / (last_log - first_rows_at),
             )  # fmt: skip
     if collector.in_flight:
         raise RuntimeError(f"{collector.in_flight} shards ended incomplete; rerun to resume")
@@ -231,7 +237,7 @@ def _key_name(shards: list[Shard]) -> str:
 
 def _image_size(model_dir: str) -> int:
     fs, base = get_filesystem(model_dir)
-    with fs.open_input_stream(base.rstrip("/") + "/config.json") as f:
+    with fs.open_input_stream(f"{base.rstrip('/')}/{CONFIG_FILE}") as f:
         data = json.loads(f.read())
     section = data.get("model", data) if isinstance(data.get("model"), dict) else data
     return int(section.get("image_size", 128))

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raycls.bulk.schema import BATCH_TYPES
 from raycls.io.images import decode_each, preprocess, with_pixels
 from raycls.io.shards import Shard, read_shard
 
 logger = logging.getLogger(__name__)
 
-RESULT_COLUMNS = ("key", "shard", "shard_rows", "row", "label", "score", "top_k_labels",
-                  "top_k_scores", "caption", "status", "error")  # fmt: skip
+RESULT_COLUMNS = tuple(BATCH_TYPES)
 
 
 def read_shards(batch: pa.Table, **read_kwargs: Any) -> Iterator[pa.Table]:
@@ -230,26 +230,11 @@ class ClassifyStage:
         return top.values.cpu().numpy(), top.indices.cpu().numpy()
 
 
-_TYPES = {
-    "key": pa.string(),
-    "shard": pa.int32(),
-    "shard_rows": pa.int32(),
-    "row": pa.int32(),
-    "label": pa.string(),
-    "score": pa.float32(),
-    "top_k_labels": pa.list_(pa.string()),
-    "top_k_scores": pa.list_(pa.float32()),
-    "caption": pa.string(),
-    "status": pa.string(),
-    "error": pa.string(),
-}
-
-
 def _arrow(name: str, values: Any) -> pa.Array:
     if name == "score":
         values = np.asarray(values, dtype=np.float32)
         return pa.array(values, pa.float32(), mask=np.isnan(values))
-    kind = _TYPES[name]
+    kind = BATCH_TYPES[name]
     if pa.types.is_string(kind):
         return pa.array([v if isinstance(v, str) else None for v in values], kind)
     if isinstance(values, np.ndarray) and values.dtype != object:

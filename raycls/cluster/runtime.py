@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from raycls.cluster.console import quiet_driver, quiet_local_workers
 from raycls.io.storage import is_remote
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def init_ray(
     # Workers of a local Ray inherit this process's environment.
     for name, value in WORKER_ENV.items():
         os.environ.setdefault(name, value)
+    quiet_local_workers()
     # "local" forces a fresh embedded instance, so a stray `ray start` elsewhere on this
     # machine is never joined by surprise. Nothing listens beyond loopback.
     ray.init(
@@ -62,6 +64,7 @@ def _quiet_ray_data_console() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):  # the console, not the session file
             handler.setLevel(max(handler.level, logging.WARNING))
+    quiet_driver(logging.getLogger("ray.data"))
 
 
 def cluster_is_multinode() -> bool:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from raycls.cluster.runtime import WORKER_ENV
+from raycls.io.storage import is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def resolve_address(address: str | None = None) -> str:
         raise ValueError(f"No Ray cluster address. {ADDRESS_HELP}")
     if address in ("auto", "local"):
         raise ValueError(f"RAY_ADDRESS/--address {address!r} names no cluster. {ADDRESS_HELP}")
-    has_scheme = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", address) is not None
+    has_scheme = is_uri(address)
     parts = urlsplit(address if has_scheme else f"http://{address}")
     try:
         port = parts.port
@@ -131,7 +131,7 @@ def _auth_headers() -> dict[str, str]:
     """
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return {}
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationTokenLoader  # private, checked against Ray 2.60
 
     return AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True)
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from raycls.config import DEFAULT_MAX_PIXELS
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -28,7 +30,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # (pixel / 255 - mean) / std as pixel * _SCALE + _SHIFT.
 _SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
 _SHIFT = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
-DEFAULT_MAX_PIXELS = 89_478_485
 TRAIN_CROP_SCALE = (0.7, 1.0)
 TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -173,8 +174,8 @@ def preprocess(
         out = img.resize(
             (size, size), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
         )
-    # One fused multiply-add per channel plane straight from uint8: ~6x faster than
-    # float conversion, scaling, normalising and transposing as separate whole-array passes.
+    # One fused multiply-add per channel plane straight from uint8, instead of float
+    # conversion, scaling, normalising and transposing as separate whole-array passes.
     rgb = np.asarray(out)
     arr = np.empty((3, size, size), dtype=np.float32)
     for c in range(3):

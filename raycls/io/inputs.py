@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +18,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raycls.io.images import IMAGE_EXTENSIONS
-from raycls.io.shards import ROW_SCHEMA, Shard, read_shard, relative_to
-from raycls.io.storage import get_filesystem
+from raycls.io.shards import ROW_SCHEMA, Shard, check_columns, read_shard, relative_to
+from raycls.io.storage import get_filesystem, is_uri, resolve_ref
 
 if TYPE_CHECKING:
     import ray.data
@@ -152,12 +151,8 @@ def _check_parquet_columns(shards: list[Shard], read_kwargs: dict[str, Any]) -> 
         return
     fs, path = get_filesystem(first.paths[0])
     names = pq.read_schema(path, filesystem=fs).names
-    for arg in ("image_column", "label_column", "id_column"):
-        name = read_kwargs.get(arg, "image" if arg == "image_column" else None)
-        if name is not None and name not in names:
-            raise ValueError(
-                f"{arg}={name!r} is not a column of {first.paths[0]}; available columns: {names}"
-            )
+    wanted = {"image_column": "image", "label_column": None, "id_column": None}
+    check_columns(first.paths[0], names, {k: read_kwargs.get(k, v) for k, v in wanted.items()})
 
 
 def _ext(path: str) -> str:
@@ -166,7 +161,7 @@ def _ext(path: str) -> str:
 
 def _uri_prefix(source: str, fs_path: str) -> str:
     """What turns a filesystem path back into the URI the user gave ("" for local paths)."""
-    if "://" not in source:
+    if not is_uri(source):
         return ""
     src, path = source.rstrip("/"), fs_path.rstrip("/")
     if not src.endswith(path):
@@ -193,20 +188,10 @@ def _list_folder(fs: pafs.FileSystem, base: str) -> dict[str, list[str]]:
 def _read_list(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
     with fs.open_input_stream(path) as f:
         lines = f.read().decode("utf-8").splitlines()
-    base = posixpath.dirname(uri) if "://" in uri else os.path.dirname(uri)
     entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     if not entries:
         raise ValueError(f"list file {uri!r} names no images (one path or URI per line)")
-    out = []
-    for entry in entries:
-        if "://" in entry or os.path.isabs(entry):
-            out.append(entry)
-        elif "://" in base:
-            scheme, rest = base.split("://", 1)
-            out.append(f"{scheme}://{posixpath.normpath(posixpath.join(rest, entry))}")
-        else:
-            out.append(os.path.normpath(os.path.join(base, entry)))
-    return out
+    return [resolve_ref(entry, uri) for entry in entries]
 
 
 def _file_shards(paths: list[str], texts: list | None, shard_size: int) -> list[Shard]:
@@ -295,12 +280,9 @@ def _parquet_classes(shards: list[Shard], image_column: str, label_column: str) 
     for uri in dict.fromkeys(s.paths[0] for s in shards):
         fs, path = get_filesystem(uri)
         names = pq.read_schema(path, filesystem=fs).names
-        for role, name in (("label", label_column), ("image", image_column)):
-            if name not in names:
-                raise ValueError(
-                    f"Parquet file {uri} has no {role} column {name!r}; available columns: "
-                    f"{names}; set data.{role}_column"
-                )
+        check_columns(
+            uri, names, {"data.label_column": label_column, "data.image_column": image_column}
+        )
         column = pq.read_table(path, filesystem=fs, columns=[label_column])
         values = _as_strings(column, label_column)
         nulls += values.count(None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import tarfile
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raycls.io.images import IMAGE_EXTENSIONS
-from raycls.io.storage import get_filesystem
+from raycls.io.storage import get_filesystem, is_uri, resolve_ref
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +118,9 @@ def _try_read(uri: str) -> tuple[bytes | None, str | None]:
 
 def relative_to(path: str, root: str) -> str | None:
     """`path` relative to the folder `root` ("/"-separated), or None when outside it."""
-    if "://" not in root:
+    if not is_uri(root):
         root = os.path.abspath(root)
-    if "://" not in path:
+    if not is_uri(path):
         path = os.path.abspath(path)
     root = root.rstrip("/") + "/"
     return path[len(root) :] if path.startswith(root) else None
@@ -196,11 +195,8 @@ def _read_parquet(
             sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
     except Exception as e:
         raise ValueError(f"cannot read Parquet file {uri}: {type(e).__name__}: {e}") from e
-    for role, name in {"image": image_column, "label": label_column, "id": id_column}.items():
-        if name is not None and name not in names:
-            raise ValueError(
-                f"Parquet file {uri} has no {role} column {name!r}; available columns: {names}"
-            )
+    roles = {"image_column": image_column, "label_column": label_column, "id_column": id_column}
+    check_columns(uri, names, roles)
     rows = [sum(sizes[:g]) + i for g in shard.row_groups for i in range(sizes[g])]
     ids = _strings(table, id_column) if id_column else [None] * table.num_rows
     keys = [f"{uri}#{r}" if k is None else k for k, r in zip(ids, rows, strict=True)]
@@ -208,6 +204,21 @@ def _read_parquet(
     text = _strings(table, text_column) if text_column in names else [None] * table.num_rows
     label = _strings(table, label_column) if label_column else [None] * table.num_rows
     return {"key": keys, "image": images, "text": text, "label": label, "error": errors}
+
+
+def check_columns(uri: str, names: list[str], columns: dict[str, str | None]) -> None:
+    """Refuse a Parquet file (with column `names`) that lacks a column the settings name.
+
+    Args:
+        columns: setting -> the column it names, e.g. {"image_column": "img"}; None: no column.
+    """
+    for setting, name in columns.items():
+        if name is not None and name not in names:
+            role = setting.rsplit(".", 1)[-1].removesuffix("_column")
+            raise ValueError(
+                f"Parquet file {uri} has no {role} column {name!r}; available columns: {names}; "
+                f"name the right one with {setting}=..."
+            )
 
 
 def _strings(table: pa.Table, column: str) -> list[str | None]:
@@ -224,15 +235,13 @@ def _parquet_images(column: pa.ChunkedArray, uri: str) -> tuple[list, list]:
         images = column.to_pylist()
         return images, [None if b is not None else "image is null" for b in images]
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        base = posixpath.dirname(uri) if "://" in uri else os.path.dirname(os.path.abspath(uri))
         images, errors = [], []
         for ref in column.to_pylist():
             if ref is None:
                 images.append(None)
                 errors.append("image path is null")
                 continue
-            target = ref if "://" in ref or os.path.isabs(ref) else posixpath.join(base, ref)
-            image, error = _try_read(target)
+            image, error = _try_read(resolve_ref(ref, uri))
             images.append(image)
             errors.append(error)
         return images, errors

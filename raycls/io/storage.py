@@ -27,6 +27,11 @@ def _scheme(uri: str) -> str | None:
     return match["scheme"].lower() if match else None
 
 
+def is_uri(path: str) -> bool:
+    """True for anything with a scheme (s3://, gs://, file://, http://); False for plain paths."""
+    return _scheme(path) is not None
+
+
 def is_remote(uri: str) -> bool:
     """True for URIs with a scheme other than file:// (s3://, gs://, abfs://, hdfs://, ...)."""
     return _scheme(uri) not in (None, "file")
@@ -70,6 +75,17 @@ def get_filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     if path and uri.endswith(path):
         _FS_CACHE[root] = (fs, uri[: len(uri) - len(path)])
     return fs, path
+
+
+def resolve_ref(ref: str, within: str) -> str:
+    """A path or URI `ref` found in the file `within` (a list file, a Parquet column): URIs and
+    absolute paths as they are, relative ones against the folder of `within`."""
+    if is_uri(ref) or os.path.isabs(ref):
+        return ref
+    if is_uri(within):
+        scheme, _, rest = within.partition("://")
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), ref))}"
+    return os.path.normpath(os.path.join(os.path.dirname(within), ref))
 
 
 def join(base: str, *names: str) -> str:

@@ -7,7 +7,6 @@ text of its own. No Ray import: `raycls.bulk.stages` wraps `Captioner` in an act
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,45 +96,3 @@ class Captioner:
 def _starts_with(out: torch.Tensor, prefix: torch.Tensor) -> bool:
     n = prefix.shape[1]
     return out.shape[1] >= n and bool(torch.equal(out[:, :n].to(prefix.device), prefix))
-
-
-def make_tiny_captioner(path: str | Path, image_size: int = 32, seed: int = 0) -> str:
-    """Write a tiny random BLIP captioner (model + processor) that loads offline; returns path.
-
-    For tests and benchmarks where no hub is reachable: its captions are random words.
-    """
-    from transformers import (
-        BertTokenizerFast,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    words = "a an the photo picture of cat dog bird car tree red green blue small big".split()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *words]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(
-        vocab=str(path / "vocab.txt"), model_max_length=64, bos_token="[DEC]"
-    )
-    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
-    text = dict(
-        tiny,
-        vocab_size=len(vocab),
-        num_attention_heads=2,
-        encoder_hidden_size=32,
-        max_position_embeddings=64,
-        bos_token_id=vocab.index("[DEC]"),
-        pad_token_id=0,
-        sep_token_id=3,
-        eos_token_id=3,
-    )
-    vision = dict(tiny, num_attention_heads=2, image_size=image_size, patch_size=8)
-    config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
-    torch.manual_seed(seed)
-    BlipForConditionalGeneration(config).save_pretrained(path)
-    return str(path)

@@ -21,15 +21,13 @@ from torch import nn
 
 from raycls.config import Config, ModelConfig
 from raycls.models.backbones import Backbone, build_backbone, check_backbone
+from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from raycls.models.fusion import Features, build_fusion, fusion_spec
 from raycls.models.text import TextEncoder, build_text_encoder, resolve_text_encoder
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TEXT_DIR = "text_encoder"
 
 
 class FusedClassifier(nn.Module):

@@ -5,9 +5,8 @@ Two rewrites of the image branch, both standard for serving CNNs:
   nothing: same outputs up to float rounding.
 - channels-last memory for weights and inputs, the layout oneDNN (CPU) and cuDNN (GPU,
   tensor cores) run convolutions fastest in.
-Measured on this project's 2-core machines, resnet18 at 128 px: 1.4x faster single-threaded
-(batch 64), 1.1-1.2x in bench/bench_classify.py's runs, which print both. The result is for
-inference only: folded BatchNorm no longer learns.
+bench/bench_classify.py prints what they gain (its "forward alone" and "optimized forward"
+rows). The result is for inference only: folded BatchNorm no longer learns.
 """
 
 from __future__ import annotations

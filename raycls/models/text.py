@@ -85,7 +85,7 @@ def resolve_text_encoder(name: str) -> str:
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     """AutoTokenizer for `source`, with a pad token (eos for decoders that lack one)."""
     # Imported here, not at the top: an image-only model (a bulk-classify actor) never pays
-    # the ~1 s that importing transformers costs.
+    # the time that importing transformers costs.
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raycls.config import DEFAULT_MAX_PIXELS
 from raycls.io.images import decode_batch
 from raycls.io.inputs import load_labeled, shard_dataset
 from raycls.io.shards import read_shard
@@ -50,6 +51,7 @@ def evaluate(
     image_column: str = "image",
     label_column: str = "label",
     text_column: str | None = "text",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Accuracy, top-5 (over 5 classes), macro precision/recall/F1 and per-class figures.
 
@@ -77,7 +79,8 @@ def evaluate(
     index = {name: i for i, name in enumerate(classes)}
     labels, scores, bad = [], [], []
     read = {**columns, "labeled_root": data}
-    for batch in _batches(shards, read, model.config.image_size, batch_size, address):
+    decode = {"size": model.config.image_size, "max_pixels": max_pixels}
+    for batch in _batches(shards, read, decode, batch_size, address):
         ok = batch["status"] == "ok"
         bad += [f"{k}: {e}" for k, e in zip(batch["key"][~ok], batch["error"][~ok], strict=True)]
         known = np.array([lab in index for lab in batch["label"]], dtype=bool) & ok
@@ -124,14 +127,14 @@ def evaluate(
 
 
 def _batches(
-    shards: list, read: dict[str, Any], size: int, batch_size: int, address: str | None
+    shards: list, read: dict[str, Any], decode: dict[str, Any], batch_size: int, address: str | None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Decoded batches with key, pixels, text, label, status, error."""
     if address is not None:
         from raycls.cluster.runtime import init_ray
 
         init_ray(address)
-        ds = shard_dataset(shards, **read).map_batches(decode_batch, fn_kwargs={"size": size})
+        ds = shard_dataset(shards, **read).map_batches(decode_batch, fn_kwargs=decode)
         yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy")
         return
     for shard in shards:
@@ -139,4 +142,4 @@ def _batches(
         for start in range(0, table.num_rows, batch_size):
             rows = table.slice(start, batch_size).to_pydict()
             batch = {k: np.array(v, dtype=object) for k, v in rows.items()}
-            yield decode_batch(batch, size=size)
+            yield decode_batch(batch, **decode)

@@ -26,6 +26,7 @@ from raycls.io.storage import (
     write_json,
 )
 from raycls.models import check_model_config
+from raycls.models.files import CONFIG_FILE
 from raycls.train.data import TrainData, prepare_data
 from raycls.train.loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
 
@@ -266,7 +267,7 @@ def _publish(
         state = json.loads((Path(latest) / STATE_FILE).read_text())
     with best.as_directory() as directory:
         # config.json last: its presence marks a complete model.
-        copy_dir(str(Path(directory) / MODEL_DIR), out, last="config.json")
+        copy_dir(str(Path(directory) / MODEL_DIR), out, last=CONFIG_FILE)
     history = state["history"]
     best_metrics = history[state["best_epoch"]] if state["best_epoch"] is not None else {}
     summary = {

@@ -30,6 +30,7 @@ from raycls.io.storage import (
     with_scheme,
     write_bytes,
 )
+from raycls.models.files import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -191,11 +192,16 @@ def _label(row: dict[str, Any], stopped: bool) -> str:
     return " ".join(parts) + (" (stopped)" if stopped else "")
 
 
+def status_counts(table: pd.DataFrame) -> dict[str, int]:
+    """Trials per status (TERMINATED, EARLY_STOPPED, ERROR) in a results table."""
+    return {str(k): int(v) for k, v in table["status"].value_counts().items()} if len(table) else {}
+
+
 def format_summary(table: pd.DataFrame, metric: str, best_model: str | None, top: int = 5) -> str:
     """A few lines for the terminal: counts, the top trials, where the best model is."""
     if table.empty:
         return "no trials ran"
-    counts = table["status"].value_counts().to_dict()
+    counts = status_counts(table)
     lines = [
         f"{len(table)} trials: "
         + ", ".join(f"{counts.get(s, 0)} {s}" for s in (TERMINATED, EARLY_STOPPED, ERROR)),
@@ -293,8 +299,8 @@ def _export_model_remote(checkpoint: str, target: str, subdir: str) -> str:
     if not is_dir(source):
         raise RuntimeError(f"checkpoint {checkpoint} holds no {subdir}/ folder")
     fs, path = get_filesystem(target)
-    if is_file(join(target, "config.json")):
-        fs.delete_file(join(path, "config.json"))  # first: what remains is no model
+    if is_file(join(target, CONFIG_FILE)):
+        fs.delete_file(join(path, CONFIG_FILE))  # first: what remains is no model
     fs.delete_dir_contents(path, missing_dir_ok=True)
-    copy_dir(source, target, last="config.json")
+    copy_dir(source, target, last=CONFIG_FILE)
     return target

@@ -7,6 +7,7 @@ A space is a mapping of config paths to distributions, written in YAML like this
     model.fusion: {choice: [concat, gated]}
     model.dropout: {uniform: [0.0, 0.3]}
     model.hidden_dim: {randint: [64, 256]}     # inclusive bounds
+    model.backbone: {grid: [resnet18, resnet50]}  # every value, num_samples trials each
     train.label_smoothing: 0.0                 # a plain value: fixed for every trial
 
 Sections may also be nested (`train: {lr: {loguniform: [...]}}`). A user's space overrides or
@@ -26,7 +27,9 @@ import yaml
 
 from raycls.config import Config, merge
 
-DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
+# Values every trial set runs (Tune's grid_search): num_samples trials for each combination.
+LISTS = ("choice", "grid")
 
 # `raycls/demo/configs/search/default.yaml` holds the same space, for users to copy and edit.
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
@@ -36,10 +39,10 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "train.weight_decay": {"loguniform": [1.0e-4, 1.0e-1]},
 }
 
-# Set by the sweep itself (`--epochs`, `--metric`) or irrelevant to training.
+# The same for every trial of a sweep, or irrelevant to training.
 _NOT_SEARCHABLE = {
-    "train.epochs": "it is the sweep's --epochs (ASHA's max_t)",
-    "train.metric": "it is the sweep's --metric",
+    "train.epochs": "it is every trial's length (ASHA's max_t); set it in the config or --epochs",
+    "train.metric": "trials are ranked by it; set it in the config or --metric",
     "classify": "classify settings do not affect training",
     "data": "the data are prepared once for all trials; set data.* in the config",
     "model.image_size": "the images are prepared once for all trials; set it in the config",
@@ -111,6 +114,11 @@ def describe(space: dict[str, Param]) -> dict[str, str]:
     }
 
 
+def count_trials(space: dict[str, Param], num_samples: int) -> int:
+    """How many trials a sweep runs: num_samples for each combination of grid values."""
+    return num_samples * math.prod(len(p.values) for p in space.values() if p.kind == "grid")
+
+
 def _flatten(spec: dict[str, Any]) -> dict[str, Any]:
     """Accept `{"train": {"lr": ...}}` as well as `{"train.lr": ...}`."""
     sections = {f.name for f in fields(Config)}
@@ -170,10 +178,10 @@ def _parse(key: str, value: Any, base: Config) -> Param:
             "or a plain value to fix it"
         )
     kind, args = next(iter(value.items()))
-    if kind == "choice":
+    if kind in LISTS:
         if not isinstance(args, list) or not args:
             raise ValueError(
-                f"search space {key}: choice needs a non-empty list of values, got {args!r}"
+                f"search space {key}: {kind} needs a non-empty list of values, got {args!r}"
             )
         for choice in args:
             _check_value(key, choice, base)

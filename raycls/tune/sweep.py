@@ -34,12 +34,11 @@ from raycls.io.storage import (
     write_json,
 )
 from raycls.models import check_model_config
+from raycls.tune.cleanup import PlacementGroupReaper, state_api_available
 from raycls.tune.resources import (
     DRIVER_RESOURCES,
-    PlacementGroupReaper,
     TrialPlan,
     plan_trials,
-    state_api_available,
 )
 from raycls.tune.results import (
     best_trial,
@@ -47,9 +46,11 @@ from raycls.tune.results import (
     frames_from_results,
     plot_history,
     results_table,
+    status_counts,
     write_results,
 )
-from raycls.tune.space import Param, apply_params, build_search_space, describe
+from raycls.tune.search import make_searcher, param_space
+from raycls.tune.space import Param, apply_params, build_search_space, count_trials, describe
 
 logger = logging.getLogger(__name__)
 
@@ -68,25 +69,32 @@ def run_sweep(
     *,
     num_samples: int = 8,
     max_concurrent: int = 2,
-    epochs: int = 5,
+    epochs: int | None = None,
     search_space: dict[str, Any] | None = None,
     scheduler: str = "asha",
     search: str = "random",
-    metric: str = "val_accuracy",
+    metric: str | None = None,
     resources_per_trial: dict[str, float] | None = None,
     address: str | None = None,
 ) -> dict[str, Any]:
     """Search hyperparameters; export results, plot, best model and config to `out`.
 
     Args:
+        epochs, metric: override `config.train.epochs` / `.metric` when given (not None).
         search_space: parsed YAML (see raycls.tune.space); None for the default space.
         resources_per_trial: all Train workers of one trial together, e.g. {"cpu": 1}.
     Returns the summary written to OUT/summary.json: paths, counts, the best trial and the
     results table as records.
     """
+    given = {"epochs": epochs, "metric": metric}
+    base = config.replace(train={k: v for k, v in given.items() if v is not None})
+    epochs, metric = base.train.epochs, base.train.metric
     _check_choices(scheduler, search, metric, num_samples, epochs)
-    base = config.replace(train={"epochs": epochs, "metric": metric})
     space = build_search_space(search_space, base)  # every error before Ray starts
+    grids = [k for k, p in space.items() if p.kind == "grid"]
+    if grids and search == "optuna":
+        raise ValueError(f"search=optuna samples, it runs no grid ({', '.join(grids)}); use "
+                         "choice, or search=random")  # fmt: skip
     if not {"model.backbone", "model.backbone_weights", "model.text_encoder"} & space.keys():
         check_model_config(base.model)  # searched ones fail per trial, named in the results
     for data in filter(None, (train_data, val_data)):
@@ -111,7 +119,7 @@ def run_sweep(
     logger.info("search space: %s", describe(space))
     logger.info(
         "trials: %d, %d at a time, each holding %s",
-        num_samples,
+        count_trials(space, num_samples),
         plan.max_concurrent,
         plan.per_trial,
     )
@@ -192,22 +200,6 @@ def _init_ray(address: str | None) -> None:
     init_ray(address, dashboard=True)
 
 
-def _param_space(space: dict[str, Param]) -> dict[str, dict[str, Any]]:
-    from ray import tune
-
-    domains = {
-        "loguniform": lambda lo, hi: tune.loguniform(lo, hi),
-        "uniform": lambda lo, hi: tune.uniform(lo, hi),
-        "randint": lambda lo, hi: tune.randint(lo, hi + 1),  # inclusive in our YAML
-        "choice": lambda *values: tune.choice(list(values)),
-        "fixed": lambda value: value,
-    }
-    nested: dict[str, dict[str, Any]] = {}
-    for p in space.values():
-        nested.setdefault(p.section, {})[p.name] = domains[p.kind](*p.values)
-    return nested
-
-
 def trial_dirname(trial: Any) -> str:
     """Trial folders named by trial id alone: stable, short, and what the results table shows."""
     return trial.trial_id
@@ -251,10 +243,10 @@ def _tuner(
         asha = ASHAScheduler(
             time_attr="epoch", max_t=base.train.epochs, grace_period=1, reduction_factor=2
         )
-    searcher = _searcher(search, base.train.seed, plan.max_concurrent)
+    searcher = make_searcher(search, base.train.seed, plan.max_concurrent)
     return tune.Tuner(
         trainable,
-        param_space=_param_space(space),
+        param_space=param_space(space),
         tune_config=tune.TuneConfig(
             metric=metric,
             mode="max",
@@ -271,24 +263,6 @@ def _tuner(
             verbose=1,
         ),
     )
-
-
-def _searcher(search: str, seed: int, max_concurrent: int):
-    """Random search by default; Optuna's TPE behind a ConcurrencyLimiter on request.
-
-    TuneConfig(max_concurrent_trials) is not used: Tune ignores it for a BasicVariantGenerator
-    passed in (needed here for its random_state), so each searcher gets its own limit.
-    """
-    if search == "optuna":
-        try:
-            from ray.tune.search import ConcurrencyLimiter
-            from ray.tune.search.optuna import OptunaSearch
-        except ImportError as error:
-            raise ValueError("search=optuna needs optuna: pip install 'raycls[optuna]'") from error
-        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def export_results(
@@ -313,7 +287,7 @@ def export_results(
         "best_model": None,
         "best_config": None,
         "best_trial": best,
-        "status_counts": table["status"].value_counts().to_dict() if len(table) else {},
+        "status_counts": status_counts(table),
         "state_api": state_api_available(),
     }
     if best is not None:

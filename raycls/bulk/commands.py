@@ -1,0 +1,96 @@
+"""`raycls classify`: the bulk pipeline from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from raycls.cli_common import (
+    address_option,
+    config_option,
+    fail,
+    load_settings,
+    overrides_argument,
+    setting,
+)
+
+
+@click.command("classify")
+@click.argument("input")
+@click.option("--model", "model_dir", required=True, help="Model directory from `raycls train`.")
+@click.option("--out", "out_dir", required=True, help="Output folder or URI (s3://, gs://).")
+@setting(
+    "--captioner",
+    key="classify.captioner",
+    help="Hub id or local dir of an image-to-text model, or none.",
+)
+@setting(
+    "--caption-prompt",
+    key="classify.caption_prompt",
+    help="Text captions start from, e.g. 'a photo of'.",
+)
+@setting(
+    "--text-column",
+    key="classify.text_column",
+    help="Text the input carries (alt-text); captions fill gaps.",
+)
+@setting("--id-column", key="classify.id_column", help="Parquet column used as the row id.")
+@setting("--top-k", key="classify.top_k", type=click.IntRange(min=1))
+@setting("--batch-size", key="classify.batch_size", type=click.IntRange(min=1))
+@setting("--caption-batch-size", key="classify.caption_batch_size", type=click.IntRange(min=1))
+@setting("--classify-actors", key="classify.classify_actors", type=click.IntRange(min=1))
+@setting("--caption-actors", key="classify.caption_actors", type=click.IntRange(min=1))
+@setting(
+    "--cpus-per-actor",
+    key="classify.cpus_per_classify_actor",
+    type=click.FloatRange(min=0),
+    help="CPUs (and torch threads) per classification actor.",
+)
+@setting(
+    "--caption-cpus",
+    key="classify.cpus_per_caption_actor",
+    type=click.FloatRange(min=0),
+    help="CPUs (and torch threads) per captioning actor.",
+)
+@setting(
+    "--num-gpus",
+    key="classify.gpus_per_classify_actor",
+    type=click.FloatRange(min=0),
+    help="GPUs per classification actor; fractions share a GPU.",
+)
+@setting(
+    "--caption-gpus",
+    key="classify.gpus_per_caption_actor",
+    type=click.FloatRange(min=0),
+    help="GPUs per captioning actor; fractions share a GPU.",
+)
+@setting(
+    "--shard-size",
+    key="classify.shard_size",
+    type=click.IntRange(min=1),
+    help="Input rows per output Parquet file.",
+)
+@click.option("--overwrite", is_flag=True, help="Delete results of a different earlier run.")
+@config_option
+@address_option
+@overrides_argument
+def classify_cmd(
+    input: str,
+    model_dir: str,
+    out_dir: str,
+    overwrite: bool,
+    config_file: str | None,
+    address: str | None,
+    overrides: tuple[str, ...],
+    **_settings: object,
+) -> None:
+    """Classify every image of INPUT (folder, .txt list, Parquet, .tar) into Parquet."""
+    from raycls.bulk.pipeline import classify
+
+    try:
+        config = load_settings(config_file, overrides).classify
+        summary = classify(input, model_dir, out_dir, config, overwrite=overwrite, address=address)
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
+    click.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,74 @@
+"""What every `raycls` command shares: the --config/--address options, `a.b=value` overrides,
+flags that stand for config keys, and turning library errors into CLI errors.
+
+A flag that stands for a config key is declared once, with its key, through `setting(...)`:
+it has no default of its own, so it overrides the config file only when given, and
+`load_settings` reads every such flag of the running command back into the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import click
+
+from raycls.config import Config, load_config
+
+OVERRIDES_HELP = "Settings as section.key=value (e.g. train.lr=3e-4 model.hidden_dim=128)."
+
+
+def fail(error: Exception) -> NoReturn:
+    """A library error as a CLI error: its message, exit status 1, no traceback."""
+    raise click.ClickException(str(error)) from error
+
+
+address_option = click.option(
+    "--address",
+    default=None,
+    envvar="RAY_ADDRESS",
+    help="Ray cluster address; without one a local Ray is started on the spot.",
+)
+config_option = click.option(
+    "--config",
+    "config_file",
+    default=None,
+    help="YAML file or URI of settings (sections model, data, train, classify).",
+)
+overrides_argument = click.argument("overrides", nargs=-1)
+
+
+class SettingOption(click.Option):
+    """A flag that overrides one config key (`section.name`), only when given."""
+
+    def __init__(self, param_decls: list[str], *, key: str, **kwargs: Any) -> None:
+        section, dot, name = key.partition(".")
+        if not dot or section not in Config.__dataclass_fields__:
+            raise ValueError(f"setting key {key!r} must look like section.name, e.g. train.lr")
+        if kwargs.get("default") is not None:
+            raise ValueError(f"{key}: a flag for a config key has no default (the config has)")
+        help_text = kwargs.pop("help", None)
+        kwargs["help"] = f"{help_text} [{key}]" if help_text else f"[{key}]"
+        super().__init__(param_decls, default=None, **kwargs)
+        self.key = key
+
+
+def setting(*param_decls: str, key: str, **kwargs: Any) -> Any:
+    """`click.option` for a flag that stands for the config key `key` (e.g. "train.epochs")."""
+    return click.option(*param_decls, cls=SettingOption, key=key, **kwargs)
+
+
+def given_settings(ctx: click.Context) -> dict[str, dict[str, Any]]:
+    """The setting flags given on this command line, as {section: {name: value}}."""
+    sections: dict[str, dict[str, Any]] = {}
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, SettingOption) and value is not None:
+            section, _, name = param.key.partition(".")
+            sections.setdefault(section, {})[name] = value
+    return sections
+
+
+def load_settings(config_file: str | None, overrides: tuple[str, ...]) -> Config:
+    """Defaults, then --config, then the setting flags given, then `a.b=value` overrides."""
+    ctx = click.get_current_context()
+    return load_config(config_file, overrides, **given_settings(ctx))

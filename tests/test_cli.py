@@ -1,0 +1,133 @@
+"""The CLI's settings rules (no Ray): a flag overrides its config key only when given, the
+config file comes next, `a.b=value` overrides win; every command reads --config the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from raycls.cli import cli
+from raycls.cli_common import SettingOption
+from raycls.config import Config
+
+CONFIG = """\
+train:
+  epochs: 12
+  metric: val_macro_f1
+  use_gpu: true
+  lr: 0.02
+data:
+  image_column: picture
+  max_pixels: 1000
+classify:
+  top_k: 2
+  cpus_per_classify_actor: 0.5
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+def _capture(monkeypatch, module: str, name: str, result: Any) -> list[tuple]:
+    """Replace the library function a command calls; return the calls it receives."""
+    import importlib
+
+    calls: list[tuple] = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+
+    monkeypatch.setattr(importlib.import_module(module), name, fake)
+    return calls
+
+
+def _invoke(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+
+
+SWEEP_SUMMARY = {
+    "trials": [], "metric": "val_macro_f1", "best_model": None, "best_config": None,
+    "results_csv": "r.csv", "plot": "p.png", "elapsed_s": 1.0,
+}  # fmt: skip
+
+
+def test_tune_takes_epochs_and_metric_from_the_config_file(monkeypatch, config_file):
+    calls = _capture(monkeypatch, "raycls.tune.sweep", "run_sweep", SWEEP_SUMMARY)
+    _invoke(["tune", "data", "--out", "o", "--config", config_file])
+    (config, *_), kwargs = calls[0]
+    assert (config.train.epochs, config.train.metric) == (12, "val_macro_f1")
+    assert kwargs.get("epochs") is None and kwargs.get("metric") is None
+    _invoke(["tune", "data", "--out", "o", "--config", config_file, "--epochs", "3",
+             "--metric", "val_accuracy"])  # fmt: skip
+    (config, *_), _ = calls[1]
+    assert (config.train.epochs, config.train.metric) == (3, "val_accuracy")
+
+
+def test_train_flags_override_the_file_only_when_given(monkeypatch, config_file):
+    result = {"best_epoch": 1, "epochs_run": 1, "val_accuracy": 1.0, "val_macro_f1": 1.0,
+              "val_count": 1, "elapsed_s": 1.0, "model_dir": "m"}  # fmt: skip
+    calls = _capture(monkeypatch, "raycls.train.trainer", "fit", result)
+    _invoke(["train", "data", "--out", "m", "--config", config_file])
+    config = calls[0][0][0]
+    assert (config.train.epochs, config.train.use_gpu, config.train.lr) == (12, True, 0.02)
+    assert config.model == Config().model
+    _invoke(["train", "data", "--out", "m", "--config", config_file, "--no-use-gpu",
+             "--epochs", "4", "--fusion", "gated", "train.epochs=5"])  # fmt: skip
+    config = calls[1][0][0]
+    assert (config.train.epochs, config.train.use_gpu) == (5, False)  # a.b=value wins
+    assert config.model.fusion == "gated" and config.train.lr == 0.02
+    _invoke(["train", "data", "--out", "m", "--use-gpu"])
+    assert calls[2][0][0].train.use_gpu is True
+
+
+def test_classify_flags_map_to_their_classify_keys(monkeypatch, config_file):
+    calls = _capture(monkeypatch, "raycls.bulk.pipeline", "classify", {})
+    _invoke(["classify", "in", "--model", "m", "--out", "o", "--config", config_file])
+    config = calls[0][0][3]
+    assert (config.top_k, config.cpus_per_classify_actor) == (2, 0.5)
+    _invoke(["classify", "in", "--model", "m", "--out", "o", "--config", config_file,
+             "--cpus-per-actor", "2", "--caption-gpus", "0.5", "--top-k", "7"])  # fmt: skip
+    config = calls[1][0][3]
+    assert (config.cpus_per_classify_actor, config.gpus_per_caption_actor) == (2.0, 0.5)
+    assert config.top_k == 7 and config.batch_size == Config().classify.batch_size
+
+
+def test_evaluate_reads_data_settings_from_config_and_overrides(monkeypatch, config_file):
+    metrics = {"report_dir": "r"}
+    calls = _capture(monkeypatch, "raycls.train.evaluation", "evaluate", metrics)
+    monkeypatch.setattr("raycls.train.evaluation.format_report", lambda m: "table")
+    _invoke(["evaluate", "s3://bucket/model", "s3://bucket/test", "--config", config_file,
+             "data.label_column=kind"])  # fmt: skip
+    args, kwargs = calls[0]
+    assert args[:3] == ("s3://bucket/model", "s3://bucket/test", "s3://bucket/model/evaluation")
+    assert kwargs["image_column"] == "picture" and kwargs["label_column"] == "kind"
+    assert kwargs["max_pixels"] == 1000
+
+
+def test_every_setting_flag_names_a_real_config_key():
+    """The one mapping from flags to keys: each key exists, and no flag has a default."""
+    fields = Config().to_dict()
+    seen = 0
+    for command in cli.commands.values():
+        for param in command.params:
+            if isinstance(param, SettingOption):
+                section, name = param.key.split(".")
+                assert name in fields[section], param.key
+                assert param.default is None, param.name
+                seen += 1
+    assert seen >= 20
+
+
+def test_a_setting_flag_with_a_default_is_refused():
+    with pytest.raises(ValueError, match="has no default"):
+        SettingOption(["--epochs"], key="train.epochs", default=5)
+    with pytest.raises(ValueError, match="section.name"):
+        SettingOption(["--epochs"], key="epochs")
