@@ -83,6 +83,9 @@ def ray_head() -> str:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Auth on for the head (and the jobs it runs); the job's `python` must be this venv's.
     env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    # Ray turns --node-ip-address=127.0.0.1 into the host's address (and binds there) unless
+    # its single-machine mode is on: see raycls.cluster.runtime._loopback_node_ip.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
