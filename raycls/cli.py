@@ -354,9 +354,19 @@ def train_cmd(
     help="Report folder: metrics.json, confusion_matrix.png (default: MODEL_DIR/evaluation).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Let the model's text encoder run its own code (only for a model you trust).",
+)
 @address_option
 def evaluate_cmd(
-    model_dir: str, data: str, out_dir: str | None, batch_size: int, address: str | None
+    model_dir: str,
+    data: str,
+    out_dir: str | None,
+    batch_size: int,
+    trust_remote_code: bool,
+    address: str | None,
 ) -> None:
     """Score the model in MODEL_DIR on labelled DATA; print a short table."""
     from raycls.io.storage import join
@@ -364,7 +374,14 @@ def evaluate_cmd(
 
     out_dir = out_dir or join(model_dir, "evaluation")
     try:
-        metrics = evaluate(model_dir, data, out_dir, batch_size=batch_size, address=address)
+        metrics = evaluate(
+            model_dir,
+            data,
+            out_dir,
+            batch_size=batch_size,
+            address=address,
+            trust_remote_code=trust_remote_code,
+        )
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     click.echo(format_report(metrics))

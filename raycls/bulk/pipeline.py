@@ -111,7 +111,8 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
                c.gpus_per_caption_actor, c.caption_batch_size, prompt=c.caption_prompt,
                max_new_tokens=c.max_new_tokens, trust_remote_code=c.trust_remote_code),
         _actor(ClassifyStage, (model_dir,), c.classify_actors, c.cpus_per_classify_actor,
-               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k),
+               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k,
+               trust_remote_code=c.trust_remote_code),
     ][0 if c.captioner else 1 :]  # fmt: skip
     fused = actors[0]["num_gpus"] is None
     prep_cpus = actors[0]["num_cpus"] if fused else 1.0
