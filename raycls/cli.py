@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from raycls.cluster.upload import MAX_UPLOAD_MB
 from raycls.config import load_config
 
 OVERRIDES_HELP = "Settings as section.key=value (e.g. train.lr=3e-4 model.hidden_dim=128)."
@@ -123,7 +124,15 @@ def _echo_log(chunk: str) -> None:
     "--working-dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Folder uploaded as the job's working dir (default: this source checkout).",
+    help="Folder uploaded as the job's working dir, less secrets and data (default: this "
+    "checkout's raycls/, jobs/, configs/ and files COMMAND names).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0),
+    default=MAX_UPLOAD_MB,
+    show_default=True,
+    help="Refuse uploads larger than this.",
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
@@ -132,6 +141,7 @@ def submit_cmd(
     address: str | None,
     wait: bool,
     working_dir: str | None,
+    max_upload_mb: float,
     command: tuple[str, ...],
 ) -> None:
     """Run a raycls COMMAND on a Ray cluster as a job: raycls submit -- classify ..."""
@@ -139,7 +149,13 @@ def submit_cmd(
 
     try:
         outcome = submit_job(
-            list(command), address=address, wait=wait, working_dir=working_dir, on_log=_echo_log
+            list(command),
+            address=address,
+            wait=wait,
+            working_dir=working_dir,
+            on_log=_echo_log,
+            on_upload=lambda upload: click.echo(upload.describe(), err=True),
+            max_upload_mb=max_upload_mb,
         )
     except (ValueError, JobError) as error:
         _fail(error)
