@@ -10,20 +10,28 @@ import click
 
 from raycls.cluster.upload import MAX_UPLOAD_MB
 from raycls.config import load_config
+from raycls.io.storage import redact
 
 OVERRIDES_HELP = "Settings as section.key=value (e.g. train.lr=3e-4 model.hidden_dim=128)."
 
 
+class RedactingFormatter(logging.Formatter):
+    """Console log lines never show credentials inside URIs (s3://KEY:SECRET@bucket/...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def _fail(error: Exception) -> None:
-    raise click.ClickException(str(error)) from error
+    raise click.ClickException(redact(str(error))) from error
 
 
 address_option = click.option(

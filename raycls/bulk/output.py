@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raycls.io.storage import get_filesystem, is_remote
+from raycls.io.storage import get_filesystem, is_remote, redact, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class OutputDir:
     """OUT_DIR: `part-NNNNNN.parquet` per shard plus `_manifest.json`, local or object store."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri.rstrip("/")
+        self.uri = redact(uri.rstrip("/"))  # only ever shown
         self.fs, self.path = get_filesystem(uri)
         self.path = self.path.rstrip("/")
         self.atomic_rename = not is_remote(uri)
@@ -119,7 +119,7 @@ class OutputDir:
         self._commit(part_name(index), buffer.getvalue())
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._commit(MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        self._commit(MANIFEST, to_json(manifest).encode())
 
     def _commit(self, name: str, data: bytes | pa.Buffer) -> None:
         """Write `name` so that readers find all of it or nothing.

@@ -19,7 +19,7 @@ from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import plan_shards
 from raycls.io.shards import Shard, split_shard
-from raycls.io.storage import get_filesystem, is_remote
+from raycls.io.storage import get_filesystem, is_remote, redact
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def classify(
     pending = [s for s in shards if s.index not in done]
     logger.info(
         "classify: %d shards (%d already done) from %s into %s",
-        len(shards), len(shards) - len(pending), input, out.uri,
+        len(shards), len(shards) - len(pending), redact(input), out.uri,
     )  # fmt: skip
     rows: dict[str, int] = {}
     first_rows_s = None
@@ -73,7 +73,7 @@ def classify(
         total[status] = total.get(status, 0) + n
     summary = {
         "output": out.uri,
-        "model": model_dir,
+        "model": redact(model_dir),
         "shards": len(shards),
         "shards_done": len(pending),
         "shards_skipped": len(shards) - len(pending),
@@ -174,7 +174,7 @@ def _run(
 
     Returns the rows per status, and when (perf_counter) the first results arrived."""
     ds = build_dataset(shards, model_dir, config)
-    collector = ShardCollector(result_schema(key_name), model_name=model_dir)
+    collector = ShardCollector(result_schema(key_name), model_name=redact(model_dir))
     todo = {s.index for s in shards}
     counts: dict[str, int] = {}
     started = last_log = time.perf_counter()
@@ -208,7 +208,7 @@ def _manifest(
 ) -> dict[str, Any]:
     plan = json.dumps([s.to_dict() for s in shards], sort_keys=True).encode()
     identity = {
-        "input": input if is_remote(input) else get_filesystem(input)[1],
+        "input": redact(input) if is_remote(input) else get_filesystem(input)[1],
         "model_sha256": model_fingerprint(model_dir)["sha256"],
         "input_listing_sha256": hashlib.sha256(plan).hexdigest(),
     }
@@ -218,7 +218,7 @@ def _manifest(
     return {
         "format": 1,
         "identity": identity,
-        "model_dir": model_dir,
+        "model_dir": redact(model_dir),
         "shards": len(shards),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": False,
