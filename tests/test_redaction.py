@@ -53,3 +53,19 @@ def test_console_log_lines_and_cli_errors_are_redacted():
     with pytest.raises(click.ClickException) as failed:
         _fail(ValueError(f"no data at s3://K:{SECRET}@b/data"))
     assert failed.value.message == "no data at s3://***@b/data"
+
+
+def test_sweep_settings_record_no_credentials_and_still_resume(tmp_path):
+    from raycls.config import Config
+    from raycls.io.storage import write_json
+    from raycls.tune.space import build_search_space
+    from raycls.tune.sweep import SETTINGS_FILE, _check_same_sweep, _settings
+
+    space = build_search_space(None, Config())
+    data = f"s3://K:{SECRET}@bucket/train"
+    settings = _settings(Config(), space, data, None, 4, "asha", "random")
+    write_json(str(tmp_path / SETTINGS_FILE), settings, indent=1)  # as run_sweep records it
+    assert SECRET not in (tmp_path / SETTINGS_FILE).read_text()
+    _check_same_sweep(tmp_path, settings)  # the same sweep resumes
+    with pytest.raises(ValueError, match="train_data"):
+        _check_same_sweep(tmp_path, _settings(Config(), space, "other", None, 4, "asha", "random"))
