@@ -38,9 +38,9 @@ def test_checkout_upload_holds_code_and_named_configs_only(tmp_path):
 
 
 def test_working_dir_upload_leaves_secrets_and_data_behind(tmp_path):
-    root = _tree(tmp_path, [*CODE, *SECRETS, *DATA, "notes.txt"])
+    root = _tree(tmp_path, [*CODE, *SECRETS, *DATA, "notes.txt", ".gitignore"])
     plan = upload.plan_upload(root, checkout=False)
-    assert sorted(plan.files) == sorted([*CODE, "notes.txt"])
+    assert sorted(plan.files) == sorted([*CODE, "notes.txt"])  # .gitignore: Ray would apply it
     assert {plan.skipped[name] for name in (".env", ".aws", "tls.key", "id_rsa")} == {"secret"}
     assert plan.skipped["models"] == plan.skipped["raycls/__pycache__"] == "data"
 

@@ -35,6 +35,8 @@ DATA_DIRS = ("data", "models", "out", "quickstart", "runs")
 DATA_FILES = ("*.safetensors", "*.pt", "*.pth", "*.ckpt", "*.bin", "*.onnx", "*.parquet",
               "*.tar", "*.tar.gz", "*.tgz", "*.zip", "*.npy", "*.npz", "*.jpg", "*.jpeg",
               "*.png")  # fmt: skip
+# Never staged: Ray would apply these to the staged folder and upload less than was printed.
+IGNORE_FILES = (".gitignore", ".rayignore")
 MAX_UPLOAD_MB = 50.0
 _MB = 1024 * 1024
 
@@ -59,7 +61,7 @@ class Upload:
             shown = ", ".join(secrets[:5]) + (", ..." if len(secrets) > 5 else "")
             line += f"; left behind as secrets: {shown}"
         if len(self.skipped) > len(secrets):
-            line += f"; {len(self.skipped) - len(secrets)} data, model or cache entries skipped"
+            line += f"; {len(self.skipped) - len(secrets)} more left out (data, caches, links)"
         return line
 
 
@@ -72,6 +74,8 @@ def _reason(relative: str, is_dir: bool, top: bool) -> str | None:
         return "data"
     if not is_dir and _matches(name, DATA_FILES):
         return "data"
+    if not is_dir and name in IGNORE_FILES:
+        return "ignore-list"
     return None
 
 
