@@ -52,7 +52,7 @@ def ray_process_ids() -> set[int]:
         try:
             process = psutil.Process(pid)
             pids |= {pid} | {child.pid for child in process.children(recursive=True)}
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return pids
 
@@ -67,7 +67,7 @@ def listening_sockets(pids: set[int]) -> list[list]:
             process = psutil.Process(pid)
             name = process.name()
             connections = process.net_connections(kind="inet")
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         for conn in connections:
             if conn.status == psutil.CONN_LISTEN:
