@@ -26,12 +26,21 @@ from raycls.cli_common import (  # noqa: F401
 _fail = fail  # the name command modules used before raycls.cli_common
 
 
+class RedactingFormatter(logging.Formatter):
+    """Console log lines never show credentials inside URIs (s3://KEY:SECRET@bucket/...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from raycls.io.storage import redact
+
+        return redact(super().format(record))
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -19,7 +19,9 @@ OVERRIDES_HELP = "Settings as section.key=value (e.g. train.lr=3e-4 model.hidden
 
 def fail(error: Exception) -> NoReturn:
     """A library error as a CLI error: its message, exit status 1, no traceback."""
-    raise click.ClickException(str(error)) from error
+    from raycls.io.storage import redact
+
+    raise click.ClickException(redact(str(error))) from error
 
 
 address_option = click.option(

@@ -7,6 +7,7 @@ workers with `Config.from_dict`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -31,8 +32,16 @@ def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
         )
 
 
+def _check_finite(section: str, settings: Any) -> None:
+    """Every number of a section is finite: NaN slips past any range check (NaN < 0 is False)."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{section}.{f.name}={value!r} must be a finite number")
+
+
 def _check_range(section: str, name: str, value: float, lo: float, hi: float | None = None) -> None:
-    if value < lo or (hi is not None and value > hi):
+    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{section}.{name}={value!r} must be {bound}")
 
@@ -61,6 +70,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.text_encoder, str) and self.text_encoder.lower() in ("", "none", "null"):
             object.__setattr__(self, "text_encoder", None)
+        _check_finite("model", self)
         _check_choice("model", "fusion", self.fusion, FUSIONS)
         _check_choice("model", "pooling", self.pooling, POOLINGS)
         _check_choice("model", "text_adaptation", self.text_adaptation, TEXT_ADAPTATIONS)
@@ -94,9 +104,11 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_finite("data", self)
         _check_range("data", "val_fraction", self.val_fraction, 0.0, 0.9)
         _check_range("data", "max_bad_fraction", self.max_bad_fraction, 0.0, 1.0)
         _check_range("data", "max_pixels", self.max_pixels, 1)
+        _check_range("data", "seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -124,11 +136,16 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_finite("train", self)
         for name in ("epochs", "batch_size", "grad_accum_steps", "num_workers", "patience"):
             _check_range("train", name, getattr(self, name), 1)
         _check_range("train", "keep_checkpoints", self.keep_checkpoints, 1)
         _check_range("train", "lr", self.lr, 0.0)
         _check_range("train", "encoder_lr_scale", self.encoder_lr_scale, 0.0)
+        _check_range("train", "weight_decay", self.weight_decay, 0.0)
+        _check_range("train", "grad_clip", self.grad_clip, 0.0)  # 0: no clipping
+        _check_range("train", "max_failures", self.max_failures, -1)  # -1: retry forever
+        _check_range("train", "seed", self.seed, 0)
         _check_range("train", "warmup_fraction", self.warmup_fraction, 0.0, 1.0)
         _check_range("train", "label_smoothing", self.label_smoothing, 0.0, 1.0)
         _check_range("train", "cpus_per_worker", self.cpus_per_worker, 0.0)
@@ -165,9 +182,11 @@ class ClassifyConfig:
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str) and self.captioner.lower() in ("", "none", "null"):
             object.__setattr__(self, "captioner", None)
+        _check_finite("classify", self)
         for name in ("max_new_tokens", "top_k", "batch_size", "caption_batch_size", "shard_size"):
             _check_range("classify", name, getattr(self, name), 1)
         _check_range("classify", "caption_image_size", self.caption_image_size, 16)
+        _check_range("classify", "max_pixels", self.max_pixels, 1)
         for name in ("classify_actors", "caption_actors"):
             _check_range("classify", name, getattr(self, name), 1)
         for name in (

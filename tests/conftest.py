@@ -64,7 +64,9 @@ def ray_local(request):
     if _session_uses(request, "s3") and importlib.util.find_spec("moto") is not None:
         request.getfixturevalue("s3")
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        from raycls.cluster.runtime import start_local_ray
+
+        start_local_ray(num_cpus=2)  # as raycls starts it: listening on loopback only
     yield ray
     ray.shutdown()
 

@@ -60,3 +60,15 @@ def test_kuberay_rayjob_parses():
     assert cluster["headGroupSpec"]["template"]["spec"]["containers"]
     worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_kuberay_rayjob_requires_the_token_or_keeps_the_dashboard_on_loopback():
+    job = yaml.safe_load((ROOT / "deploy" / "kuberay-rayjob.yaml").read_text())
+    cluster = job["spec"]["rayClusterSpec"]
+    head_params = cluster["headGroupSpec"]["rayStartParams"]
+    token = (cluster.get("authOptions") or {}).get("mode") == "token"
+    loopback = head_params.get("dashboard-host") == "127.0.0.1"
+    assert token or loopback, "any pod reaching the head Service could submit jobs"
+    if token:  # Ray enforces tokens from 2.52.0 on
+        version = tuple(int(part) for part in cluster["rayVersion"].split(".")[:2])
+        assert version >= (2, 52)

@@ -83,6 +83,9 @@ def ray_head() -> str:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Auth on for the head (and the jobs it runs); the job's `python` must be this venv's.
     env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    # Ray turns --node-ip-address=127.0.0.1 into the host's address (and binds there) unless
+    # its single-machine mode is on: see raycls.cluster.runtime._loopback_node_ip.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
@@ -161,6 +164,39 @@ def test_submitted_classify_job_writes_parquet(ray_head, tmp_path, capsys):
     assert set(table.column("label").to_pylist()) <= set(labels)
 
 
+_LIST_WORKING_DIR = """
+import os
+
+for folder, _, files in os.walk("."):
+    for name in files:
+        print("UPLOADED", os.path.relpath(os.path.join(folder, name)))
+"""
+
+
+def test_the_cluster_receives_no_secrets_or_data(ray_head, tmp_path, capsys):
+    """A stand-in raycls package in the working dir lists what reached the job."""
+    files = {
+        "raycls/__init__.py": "",
+        "raycls/__main__.py": _LIST_WORKING_DIR,
+        "configs/run.yaml": "train: {epochs: 1}\n",
+        ".env": "AWS_SECRET_ACCESS_KEY=x\n",
+        "id_rsa": "key\n",
+        ".aws/credentials": "[default]\n",
+        "data/cat/1.jpg": "x",
+        "models/best/model.safetensors": "x",
+        "out/part-000000.parquet": "x",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    argv = ["submit", "--address", ray_head, "--working-dir", str(tmp_path), "--", "list"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, out + err
+    uploaded = sorted(line.split()[1] for line in out.splitlines() if line.startswith("UPLOADED"))
+    assert uploaded == ["configs/run.yaml", "raycls/__init__.py", "raycls/__main__.py"]
+    assert "Uploading 3 files" in err and ".env" in err  # the secrets left behind are named
+
+
 def test_failed_job_exits_nonzero_and_shows_its_error(ray_head, capsys):
     printed = submit_and_check(
         ray_head, ["make-dataset", "digits", "/tmp/unused", "--size", "2"], capsys, expect_ok=False
@@ -215,15 +251,3 @@ def test_resolve_address(address, expected):
 def test_resolve_address_rejects_non_dashboard_addresses(address, hint):
     with pytest.raises(ValueError, match=hint):
         submit.resolve_address(address)
-
-
-def test_build_job_uploads_this_checkout_and_runs_it_with_python_m(tmp_path):
-    entrypoint, runtime_env = submit.build_job(["raycls", "classify", "s3://b/my images"])
-    assert entrypoint == "python -m raycls classify 's3://b/my images'"
-    assert Path(runtime_env["working_dir"], "raycls", "__init__.py").is_file()
-    assert ".venv" in runtime_env["excludes"]
-
-    entrypoint, runtime_env = submit.build_job(["classify", "x"], working_dir=str(tmp_path))
-    assert entrypoint == "raycls classify x" and runtime_env["working_dir"] == str(tmp_path)
-    with pytest.raises(ValueError, match="No raycls command"):
-        submit.build_job([])

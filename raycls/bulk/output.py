@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raycls.bulk.schema import result_schema  # noqa: F401 (re-exported)
-from raycls.io.storage import get_filesystem, is_remote
+from raycls.io.storage import get_filesystem, is_remote, redact, to_json
 from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class OutputDir:
     """OUT_DIR: `part-NNNNNN.parquet` per shard plus `_manifest.json`, local or object store."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri.rstrip("/")
+        self.uri = redact(uri.rstrip("/"))  # only ever shown
         self.fs, self.path = get_filesystem(uri)
         self.path = self.path.rstrip("/")
         self.atomic_rename = not is_remote(uri)
@@ -110,7 +110,7 @@ class OutputDir:
         self._commit(part_name(index), buffer.getvalue())
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._commit(MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        self._commit(MANIFEST, to_json(manifest).encode())
 
     def _commit(self, name: str, data: bytes | pa.Buffer) -> None:
         """Write `name` so that readers find all of it or nothing.

@@ -25,7 +25,7 @@ from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import plan_shards
 from raycls.io.shards import Shard, split_shard
-from raycls.io.storage import get_filesystem, is_remote
+from raycls.io.storage import get_filesystem, is_remote, redact
 from raycls.models.files import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def classify(
     pending = [s for s in shards if s.index not in done]
     logger.info(
         "classify: %d shards (%d already done) from %s into %s",
-        len(shards), len(shards) - len(pending), input, out.uri,
+        len(shards), len(shards) - len(pending), redact(input), out.uri,
     )  # fmt: skip
     rows: dict[str, int] = {}
     first_rows_s = None
@@ -80,7 +80,7 @@ def classify(
         total[status] = total.get(status, 0) + n
     summary = {
         "output": out.uri,
-        "model": model_dir,
+        "model": redact(model_dir),
         "shards": len(shards),
         "shards_done": len(pending),
         "shards_skipped": len(shards) - len(pending),
@@ -118,7 +118,8 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
                c.gpus_per_caption_actor, c.caption_batch_size, prompt=c.caption_prompt,
                max_new_tokens=c.max_new_tokens, trust_remote_code=c.trust_remote_code),
         _actor(ClassifyStage, (model_dir,), c.classify_actors, c.cpus_per_classify_actor,
-               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k),
+               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k,
+               trust_remote_code=c.trust_remote_code),
     ][0 if c.captioner else 1 :]  # fmt: skip
     fused = actors[0]["num_gpus"] is None
     prep_cpus = actors[0]["num_cpus"] if fused else 1.0
@@ -180,7 +181,7 @@ def _run(
 
     Returns the rows per status, and when (perf_counter) the first results arrived."""
     ds = build_dataset(shards, model_dir, config)
-    collector = ShardCollector(result_schema(key_name), model_name=model_dir)
+    collector = ShardCollector(result_schema(key_name), model_name=redact(model_dir))
     todo = {s.index for s in shards}
     counts: dict[str, int] = {}
     first_rows_at = last_log = None
@@ -213,7 +214,7 @@ def _manifest(
 ) -> dict[str, Any]:
     plan = json.dumps([s.to_dict() for s in shards], sort_keys=True).encode()
     identity = {
-        "input": input if is_remote(input) else get_filesystem(input)[1],
+        "input": redact(input) if is_remote(input) else get_filesystem(input)[1],
         "model_sha256": model_fingerprint(model_dir)["sha256"],
         "input_listing_sha256": hashlib.sha256(plan).hexdigest(),
     }
@@ -223,7 +224,7 @@ def _manifest(
     return {
         "format": 1,
         "identity": identity,
-        "model_dir": model_dir,
+        "model_dir": redact(model_dir),
         "shards": len(shards),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": False,

@@ -176,6 +176,7 @@ class ClassifyStage:
         model_dir: str,
         *,
         top_k: int,
+        trust_remote_code: bool = False,
         batch_size: int = 64,
         num_cpus: float = 1.0,
         use_gpu: bool = False,
@@ -186,7 +187,8 @@ class ClassifyStage:
         self.batch_size = batch_size
         self.device = _torch_setup(num_cpus, use_gpu)
         with local_copy(model_dir) as folder:
-            self.model = optimize_for_inference(load_model(folder, self.device))
+            model = load_model(folder, self.device, trust_remote_code=trust_remote_code)
+            self.model = optimize_for_inference(model)
         self.labels = np.array(self.model.labels, dtype=object)
         self.top_k = min(top_k, len(self.labels))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from raycls.cli_common import fail
+from raycls.cluster.upload import MAX_UPLOAD_MB
 
 job_address_option = click.option(
     "--address",
@@ -32,7 +33,15 @@ def _echo_log(chunk: str) -> None:
     "--working-dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Folder uploaded as the job's working dir (default: this source checkout).",
+    help="Folder uploaded as the job's working dir, less secrets and data (default: this "
+    "checkout's raycls/, jobs/, configs/ and files COMMAND names).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0),
+    default=MAX_UPLOAD_MB,
+    show_default=True,
+    help="Refuse uploads larger than this.",
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
@@ -41,6 +50,7 @@ def submit_cmd(
     address: str | None,
     wait: bool,
     working_dir: str | None,
+    max_upload_mb: float,
     command: tuple[str, ...],
 ) -> None:
     """Run a raycls COMMAND on a Ray cluster as a job: raycls submit -- classify ..."""
@@ -48,7 +58,13 @@ def submit_cmd(
 
     try:
         outcome = submit_job(
-            list(command), address=address, wait=wait, working_dir=working_dir, on_log=_echo_log
+            list(command),
+            address=address,
+            wait=wait,
+            working_dir=working_dir,
+            on_log=_echo_log,
+            on_upload=lambda upload: click.echo(upload.describe(), err=True),
+            max_upload_mb=max_upload_mb,
         )
     except (ValueError, JobError) as error:
         fail(error)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 from raycls.cluster.console import quiet_driver, quiet_local_workers
 from raycls.io.storage import is_remote
@@ -38,16 +40,53 @@ def init_ray(
     for name, value in WORKER_ENV.items():
         os.environ.setdefault(name, value)
     quiet_local_workers()
-    # "local" forces a fresh embedded instance, so a stray `ray start` elsewhere on this
-    # machine is never joined by surprise. Nothing listens beyond loopback.
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        logging_level=logging.WARNING,
-    )
+    start_local_ray(num_cpus=num_cpus, dashboard=dashboard)
     return "local"
+
+
+def start_local_ray(*, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Start a fresh embedded Ray on this machine, reachable from this machine only.
+
+    address="local" forces a new instance, so a stray `ray start` elsewhere on this machine is
+    never joined by surprise. Nothing listens beyond loopback: the node's address is 127.0.0.1,
+    so the GCS, the raylet, every worker, the agents and the dashboard (with `dashboard`) bind
+    there; tests/test_local_ray.py lists the sockets.
+    """
+    import ray
+
+    with _loopback_node_ip():
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            logging_level=logging.WARNING,
+        )
+
+
+@contextlib.contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """Make Ray take 127.0.0.1 as this node's address while it starts.
+
+    Ray binds its servers to the node's address, which it takes to be the one other machines
+    reach this one by; ray.init even turns an explicit _node_ip_address="127.0.0.1" into that.
+    Only its single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS and
+    Windows) picks the loopback address. That switch is read once, when ray is imported, so it
+    is flipped here for the start only: a later ray.init(address=cluster) in this process still
+    finds its own address.
+    """
+    from ray._private import ray_constants
+
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if saved is None:  # a Ray that decides otherwise; tests/test_local_ray.py would notice
+        logger.warning("This Ray (%s) may listen beyond loopback", ray_constants.__file__)
+        yield
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _quiet_ray_data_console() -> None:

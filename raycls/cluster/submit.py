@@ -2,7 +2,8 @@
 
 The cluster is reached through its dashboard URL (http://HEAD:8265). When Ray's token
 authentication is on, the token is read where Ray keeps it (RAY_AUTH_TOKEN,
-RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and sent as a header; it is never logged.
+RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and sent as a header; it is never logged. What is
+uploaded as the job's working dir is decided in `raycls.cluster.upload`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from raycls.cluster.runtime import WORKER_ENV
-from raycls.io.storage import is_uri
+from raycls.cluster.upload import MAX_UPLOAD_MB, Upload, plan_upload, staged
+from raycls.io.storage import has_credentials, is_uri, redact
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +34,6 @@ ADDRESS_HELP = (
 )
 # Well-known head ports that are not the Job API, so a wrong port gets a precise error.
 _OTHER_HEAD_PORTS = {6379: "the GCS port", 10001: "the Ray Client port"}
-# Never uploaded with the working dir: environments, history, caches, weights, local outputs.
-WORKING_DIR_EXCLUDES = [
-    ".venv",
-    ".git",
-    "data/caches",
-    "*.safetensors",
-    "__pycache__",
-    "runs/",
-    "quickstart/",
-]
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 LogSink = Callable[[str], None]
 
@@ -97,13 +89,16 @@ def source_checkout() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def build_job(args: list[str], working_dir: str | None = None) -> tuple[str, dict[str, Any]]:
-    """The entrypoint and runtime env that run `raycls ARGS` on the cluster.
+def build_job(
+    args: list[str], working_dir: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB
+) -> tuple[str, dict[str, Any], Upload | None]:
+    """The entrypoint, runtime env and upload (None: nothing) that run `raycls ARGS` there.
 
     The working dir is `working_dir`, else this source checkout, else none (the cluster's
-    installed raycls runs). When it holds the raycls package the entrypoint is
-    `python -m raycls`: the job's cwd is the uploaded copy and `-m` puts it first on sys.path,
-    so the uploaded code runs rather than whatever the cluster has installed.
+    installed raycls runs); see `raycls.cluster.upload` for what of it goes up. When the upload
+    holds the raycls package the entrypoint is `python -m raycls`: the job's cwd is the
+    uploaded copy and `-m` puts it first on sys.path, so the uploaded code runs rather than
+    whatever the cluster has installed. `submit_job` adds the staged folder as working_dir.
     """
     args = list(args[1:] if args and args[0] == "raycls" else args)
     if not args:
@@ -111,16 +106,29 @@ def build_job(args: list[str], working_dir: str | None = None) -> tuple[str, dic
             "No raycls command to submit; e.g. raycls submit -- classify s3://bucket/images "
             "--model s3://bucket/model --out s3://bucket/predictions"
         )
+    _refuse_credentials(args)
     root = Path(working_dir).expanduser().resolve() if working_dir else source_checkout()
     runtime_env: dict[str, Any] = {"env_vars": dict(WORKER_ENV)}
     if root is None:
-        return shlex.join(["raycls", *args]), runtime_env
+        return shlex.join(["raycls", *args]), runtime_env, None
     if not root.is_dir():
         raise ValueError(f"--working-dir {working_dir!r} is not a folder.")
-    runtime_env.update(working_dir=str(root), excludes=list(WORKING_DIR_EXCLUDES))
-    uploads_raycls = (root / "raycls" / "__init__.py").is_file()
-    runner = ["python", "-m", "raycls"] if uploads_raycls else ["raycls"]
-    return shlex.join([*runner, *args]), runtime_env
+    upload = plan_upload(root, checkout=working_dir is None, named=args, max_mb=max_upload_mb)
+    runner = ["python", "-m", "raycls"] if "raycls/__init__.py" in upload.files else ["raycls"]
+    return shlex.join([*runner, *args]), runtime_env, upload
+
+
+def _refuse_credentials(args: list[str]) -> None:
+    """Ray keeps a job's command line for anyone who can read its job list or dashboard."""
+    for arg in args:
+        if has_credentials(arg):
+            raise ValueError(
+                f"The argument {redact(arg)!r} holds credentials inside a URI, and Ray records "
+                "a job's command line where anyone with access to the cluster's dashboard can "
+                "read it. Give the cluster its own storage credentials (an instance role or "
+                "service account, or AWS_*/GOOGLE_* variables on its nodes) and pass the URI "
+                "without them."
+            )
 
 
 def _auth_headers() -> dict[str, str]:
@@ -185,12 +193,22 @@ def submit_job(
     wait: bool = True,
     working_dir: str | None = None,
     on_log: LogSink | None = None,
+    on_upload: Callable[[Upload], None] | None = None,
+    max_upload_mb: float = MAX_UPLOAD_MB,
 ) -> JobOutcome:
-    """Submit `raycls ARGS` as a Ray job; with `wait`, follow its logs and return its outcome."""
-    entrypoint, runtime_env = build_job(args, working_dir)
+    """Submit `raycls ARGS` as a Ray job; with `wait`, follow its logs and return its outcome.
+
+    `on_upload` hears what will be uploaded before the upload starts.
+    """
+    entrypoint, runtime_env, upload = build_job(args, working_dir, max_upload_mb)
     client = _client(address)
+    if upload is not None and on_upload is not None:
+        on_upload(upload)
     with _api_errors(client.get_address()):
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
+        with staged(upload) if upload is not None else contextlib.nullcontext() as folder:
+            if folder is not None:
+                runtime_env["working_dir"] = folder
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
         logger.info("Submitted job %s: %s", job_id, entrypoint)
         if not wait:
             return JobOutcome(job_id, "PENDING", None, 0)
@@ -221,8 +239,8 @@ def list_jobs(address: str | None = None) -> list[dict[str, Any]]:
             "status": str(job.status),
             "start_time": job.start_time,
             "end_time": job.end_time,
-            "entrypoint": job.entrypoint,
-            "message": job.message,
+            "entrypoint": redact(job.entrypoint or ""),
+            "message": None if job.message is None else redact(job.message),
         }
         for job in details
     ]

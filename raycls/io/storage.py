@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -20,6 +21,32 @@ logger = logging.getLogger(__name__)
 
 # A scheme followed by "://"; a Windows drive (C:\) or a name with a colon is no URI.
 _URI = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+# Credentials inside URIs: the user part (s3://KEY:SECRET@bucket/...) and query values named
+# like secrets (?secret_key=..., a presigned URL's X-Amz-Signature/Credential, Azure's sig).
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&](?:[\w.-]*(?:key|secret|token|password|passwd|credential|signature)[\w.-]*"
+    r"|sig))=[^&\s'\"#]+",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """`text` with every credential inside a URI replaced by ***, for anything recorded.
+
+    s3://KEY:SECRET@bucket/x -> s3://***@bucket/x; https://h/x?sig=abc -> https://h/x?sig=***.
+    Works on whole messages (a log line, an entrypoint), not only on a lone URI.
+    """
+    text = _USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
+    return _SECRET_QUERY.sub(rf"\g<name>={REDACTED}", text)
+
+
+def has_credentials(text: str) -> bool:
+    """True when `text` holds a credential that `redact` would hide."""
+    return redact(text) != text
 
 
 def _scheme(uri: str) -> str | None:
@@ -150,9 +177,32 @@ def read_json(uri: str) -> Any:
     return None if data is None else json.loads(data)
 
 
+def _recordable(value: Any) -> Any:
+    """`value` as strict JSON holds it: NaN and infinities as None, URIs' credentials redacted."""
+    if isinstance(value, dict):
+        return {key: _recordable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_recordable(item) for item in value]
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # numpy, torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return redact(value)
+    return value
+
+
+def to_json(value: Any, indent: int | None = 2) -> str:
+    """The JSON text raycls records: strict (no NaN or Infinity, which strict readers refuse;
+    they become null), with credentials inside URIs redacted, other values (paths) as strings."""
+    return json.dumps(
+        _recordable(value), indent=indent, default=lambda v: redact(str(v)), allow_nan=False
+    )
+
+
 def write_json(uri: str, value: Any, indent: int | None = 2) -> None:
-    """`value` as a JSON file (values JSON lacks, such as paths, as strings), in one write."""
-    write_bytes(uri, json.dumps(value, indent=indent, default=str).encode())
+    """`value` as a JSON file (see `to_json`), in one write."""
+    write_bytes(uri, to_json(value, indent).encode())
 
 
 def append_text(uri: str, text: str) -> None:

@@ -239,8 +239,14 @@ def save_model(model: FusedClassifier, path: str | Path, extra: dict | None = No
     (path / CONFIG_FILE).write_text(text)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> FusedClassifier:
-    """Rebuild a saved model from its directory, without network; returned in eval mode."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, trust_remote_code: bool = False
+) -> FusedClassifier:
+    """Rebuild a saved model from its directory, without network; returned in eval mode.
+
+    `trust_remote_code` is the caller's (classify.trust_remote_code, evaluate's flag): the
+    saved directory's own setting is ignored, so a shared model folder cannot run its code.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
@@ -260,6 +266,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> FusedCla
             f"{str(path)!r} has model format {version}; this raycls ({_version()}) reads "
             f"format {FORMAT_VERSION}"
         )
+    model_settings = {**model_settings, "trust_remote_code": trust_remote_code}
     config = Config.from_dict({"model": model_settings}).model
     text_dir = meta.get("text_encoder_dir")
     text_source = str(path / text_dir) if text_dir else None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,17 +222,40 @@ def build_text_encoder(
     `pretrained=False` (weights come later from a saved raycls model)."""
     from transformers import AutoConfig, AutoModel
 
-    tokenizer = load_tokenizer(source, trust_remote_code)
-    if pretrained:
-        model = AutoModel.from_pretrained(
-            source, trust_remote_code=trust_remote_code, dtype=torch.float32
-        )
-    else:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_config(
-            config, trust_remote_code=trust_remote_code, dtype=torch.float32
-        )
+    with _remote_code_refused(source):
+        tokenizer = load_tokenizer(source, trust_remote_code)
+        if pretrained:
+            model = AutoModel.from_pretrained(
+                source, trust_remote_code=trust_remote_code, dtype=torch.float32
+            )
+        else:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_config(
+                config, trust_remote_code=trust_remote_code, dtype=torch.float32
+            )
     return TextEncoder(_base_model(model), tokenizer, pooling, max_length)
+
+
+REMOTE_CODE_HELP = (
+    "raycls runs a model's own code only when you allow it: model.trust_remote_code=true "
+    "(train, tune), classify.trust_remote_code=true (classify) or --trust-remote-code "
+    "(evaluate; load_model(..., trust_remote_code=True)). Allow it only for a model you trust: "
+    "the code runs with your rights on every node."
+)
+
+
+@contextlib.contextmanager
+def _remote_code_refused(source: str) -> Iterator[None]:
+    """Say which raycls setting allows a model's own code when transformers refuses to run it."""
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"The text encoder {source!r} needs its own Python code (an auto_map in its "
+            f"config) to load. {REMOTE_CODE_HELP}"
+        ) from error
 
 
 __all__ = [

@@ -79,6 +79,11 @@ def train_cmd(
     "(default: MODEL_DIR/evaluation).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Let the model's text encoder run its own code (only for a model you trust).",
+)
 @config_option
 @address_option
 @overrides_argument
@@ -87,6 +92,7 @@ def evaluate_cmd(
     data: str,
     out_dir: str | None,
     batch_size: int,
+    trust_remote_code: bool,
     config_file: str | None,
     address: str | None,
     overrides: tuple[str, ...],
@@ -112,6 +118,7 @@ def evaluate_cmd(
             label_column=settings.label_column,
             text_column=settings.text_column,
             max_pixels=settings.max_pixels,
+            trust_remote_code=trust_remote_code,
         )
     except (ValueError, FileNotFoundError) as error:
         fail(error)

@@ -52,6 +52,7 @@ def evaluate(
     label_column: str = "label",
     text_column: str | None = "text",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, top-5 (over 5 classes), macro precision/recall/F1 and per-class figures.
 
@@ -59,10 +60,13 @@ def evaluate(
         data: labelled data laid out as for training (ImageFolder or Parquet with labels).
         out_dir: where metrics.json and confusion_matrix.png go; None writes nothing.
         address: run reading and decoding on this Ray cluster instead of in-process.
+        trust_remote_code: let the model's text encoder run its own code (its folder's
+            setting never does).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with local_copy(model_dir) as folder:
-        model = optimize_for_inference(load_model(folder, device))
+        model = load_model(folder, device, trust_remote_code=trust_remote_code)
+        model = optimize_for_inference(model)
     classes = model.labels
     columns = {
         "image_column": image_column,

@@ -31,6 +31,7 @@ from raycls.io.storage import (
     join,
     read_json,
     resolve_storage_path,
+    to_json,
     write_json,
 )
 from raycls.models import check_model_config
@@ -173,7 +174,7 @@ def _check_same_sweep(out: str | Path, settings: dict[str, Any]) -> None:
     previous = read_json(join(str(out), SETTINGS_FILE))
     if previous is None:
         return
-    current = json.loads(json.dumps(settings, default=str))
+    current = json.loads(to_json(settings))  # as recorded: URIs' credentials redacted
     changed = sorted(k for k in current if k != "config" and previous.get(k) != current[k])
     # Resources are re-planned for the cluster at hand; everything else must match.
     keep = ("cpus_per_worker", "gpus_per_worker", "use_gpu")
