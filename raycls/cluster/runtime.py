@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 from raycls.io.storage import is_remote
 
@@ -31,7 +33,8 @@ def init_ray(
         return "existing"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        with _loopback_kept(address):
+            ray.init(address=address, logging_level=logging.WARNING)
         return address
     # Workers of a local Ray inherit this process's environment.
     for name, value in WORKER_ENV.items():
@@ -46,6 +49,34 @@ def init_ray(
         logging_level=logging.WARNING,
     )
     return "local"
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@contextlib.contextmanager
+def _loopback_kept(address: str) -> Iterator[None]:
+    """Within it, `ray.init` connects to a loopback `address` (127.0.0.1:6379) on loopback.
+
+    Ray rewrites a loopback host to the machine's network address before connecting
+    (`ray._private.services.resolve_ip_for_localhost`), except on platforms where it keeps
+    clusters on loopback; so a cluster started with `--node-ip-address 127.0.0.1` was
+    unreachable, and one on all interfaces was reached through the network. The switch that
+    keeps the loopback host is flipped only for this call; the driver still attaches to the
+    Ray node running on this machine, whatever address that node registered.
+    """
+    host = address.rpartition(":")[0] if "://" not in address else ""
+    if host.lower() not in LOOPBACK_HOSTS:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _quiet_ray_data_console() -> None:
