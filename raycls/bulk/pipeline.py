@@ -12,7 +12,11 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from raycls.bulk.output import OutputDir, ShardCollector, model_fingerprint, result_schema
 from raycls.bulk.sizing import PoolSize, StageNeeds, plan_pools
@@ -63,12 +67,14 @@ def classify(
     )  # fmt: skip
     rows: dict[str, int] = {}
     first_rows_s = pools = None
+    repeated = 0
     if pending:
         init_ray(address)
         warn_if_local_on_multinode(out_dir)
         pools = pool_sizes(config)
         logger.info("classify: actor pools %s", pools)
-        rows, first_rows_at = _run(pending, model_dir, out, config, _key_name(shards), pools)
+        run = _run(pending, model_dir, out, config, _key_name(shards), pools)
+        rows, repeated, first_rows_at = run["counts"], run["repeated"], run["first_rows_at"]
         first_rows_s = None if first_rows_at is None else round(first_rows_at - started, 2)
     elapsed = time.perf_counter() - started
     total = out.count_rows(done & {s.index for s in shards})
@@ -90,6 +96,8 @@ def classify(
         "total_rows": sum(total.values()),
         "total_ok": total.get("ok", 0),
         "total_error": total.get("error", 0),
+        # Rows sent twice by tasks retried after a failure (a worker or node died); dropped.
+        "rows_repeated": repeated,
         # Actors per pool: pinned, or started at what the cluster had and autoscaling.
         "actors": None if pools is None else _describe(pools, config),
     }
@@ -198,38 +206,53 @@ def _run(
     config: ClassifyConfig,
     key_name: str,
     pools: list[PoolSize],
-) -> tuple[dict[str, int], float | None]:
-    """Stream result rows to the driver; commit each shard's file once its rows are complete.
-
-    Returns the rows per status, and when (perf_counter) the first results arrived."""
+) -> dict[str, Any]:
+    """Run the Ray Dataset and commit its results (see `commit_results`)."""
     ds = build_dataset(shards, model_dir, config, pools)
-    collector = ShardCollector(result_schema(key_name), model_name=model_dir)
-    todo = {s.index for s in shards}
-    counts: dict[str, int] = {}
-    started = last_log = time.perf_counter()
-    first_rows_at = None
     # No prefetching: with it, Ray Data held finished result blocks back until more were
     # ready (2,000 images: first rows at the driver 11.6 s in instead of 9.0 s, a task's
     # length late), which delays every shard's commit. Result blocks are small to fetch.
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+    return commit_results(batches, shards, out, key_name, model_dir)
+
+
+def commit_results(
+    batches: Iterable[pa.Table], shards: list[Shard], out: OutputDir, key_name: str, model: str
+) -> dict[str, Any]:
+    """Commit each shard's file once all its result rows have arrived from `batches`.
+
+    Rows that arrive twice (a task retried after a worker or node died, having sent part of
+    its rows) are dropped and counted. Returns rows per status (`counts`), `repeated`, and when
+    (perf_counter) the first results arrived (`first_rows_at`).
+    """
+    collector = ShardCollector(result_schema(key_name), model_name=model)
+    todo = {s.index for s in shards}
+    counts: dict[str, int] = {}
+    received = committed = 0
+    started = last_log = time.perf_counter()
+    first_rows_at = None
+    for batch in batches:
         first_rows_at = first_rows_at or time.perf_counter()
+        received += batch.num_rows
+        if not todo.issuperset(pc.unique(batch.column("shard")).to_pylist()):
+            batch = batch.filter(pc.is_in(batch.column("shard"), pa.array(sorted(todo))))
         for index, table in collector.add(batch):
             out.write_shard(index, table)
             todo.discard(index)
+            committed += table.num_rows
             for item in table.column("status").value_counts().to_pylist():
                 counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
         if time.perf_counter() - last_log > PROGRESS_EVERY_S:
             last_log = time.perf_counter()
-            rows = sum(counts.values())
             logger.info(
                 "classify: %d/%d shards committed, %d rows, %.1f images/s",
-                len(shards) - len(todo), len(shards), rows, rows / (last_log - started),
+                len(shards) - len(todo), len(shards), committed, committed / (last_log - started),
             )  # fmt: skip
     if collector.in_flight:
         raise RuntimeError(f"{collector.in_flight} shards ended incomplete; rerun to resume")
     for index in sorted(todo):  # shards without rows (an empty Parquet row group, an empty tar)
         out.write_shard(index, collector.schema.empty_table())
-    return counts, first_rows_at
+    return {"counts": counts, "repeated": received - committed, "first_rows_at": first_rows_at}
 
 
 def _describe(pools: list[PoolSize], config: ClassifyConfig) -> dict[str, dict[str, Any]]:
