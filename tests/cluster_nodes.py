@@ -3,6 +3,7 @@ process of its own (so the test process never joins Ray) and driven through stdi
 
     python tests/cluster_nodes.py WORKERS   # prints {"address": ..., "workers": [...]}
     kill            # SIGKILLs every process of the newest worker node, prints {"killed": ...}
+    kill NAME       # ... of a worker node running a process titled NAME (ray::RayTrainWorker)
     add             # starts one more worker node
     quit            # shuts the cluster down
 
@@ -27,8 +28,12 @@ def main() -> None:
     try:
         for line in sys.stdin:
             command = line.strip()
-            if command == "kill":
-                node = workers.pop()
+            if command.startswith("kill"):
+                node = _hosting(workers, command[4:].strip())
+                if node is None:
+                    _say(error=f"no worker node runs {command[4:].strip()!r}")
+                    continue
+                workers.remove(node)
                 cluster.remove_node(node, allow_graceful=False)
                 _say(killed=node.node_id)
             elif command == "add":
@@ -38,6 +43,25 @@ def main() -> None:
                 break
     finally:
         cluster.shutdown()
+
+
+def _hosting(workers: list, title: str) -> object | None:
+    """The newest worker node, or the newest one with a process titled `title` (a Ray worker
+    process is a child of its node's raylet)."""
+    if not title:
+        return workers[-1] if workers else None
+    import psutil
+    from ray._private import ray_constants
+
+    parents = set()
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        if " ".join(proc.info["cmdline"] or ()).startswith(title):
+            parents.add(proc.info["ppid"])
+    for node in reversed(workers):
+        raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+        if raylet.pid in parents:
+            return node
+    return None
 
 
 def _say(**message: object) -> None:

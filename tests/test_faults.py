@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from test_classify import make_model, write_images
-from test_object_store import _names
+from test_object_store import _names, _tiny
 
 from raycls.bulk.output import MANIFEST, PART
+from raycls.demo.datasets import make_dataset
 from raycls.io.storage import get_filesystem
 
 # Each test takes 1-2.5 minutes on 2 loaded cores (three Ray nodes start per test): opt-in.
@@ -153,3 +155,93 @@ def test_driver_killed_mid_classify_then_rerun(nodes, images, s3):
     assert summary["shards_skipped"] == len(committed)
     assert summary["total_rows"] == IMAGES
     _check_exactly_once(out, folder)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> tuple[Path, Path]:
+    """The shapes data set at 32 px, and a YAML of test_object_store's tiny model settings."""
+    root = tmp_path_factory.mktemp("faults-shapes")
+    make_dataset("shapes", root / "data", per_class=4, size=32)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(_tiny().to_dict()))
+    return root / "data", root / "tiny.yaml"
+
+
+def _wait_for(uri: str, job: subprocess.Popen, found) -> set[str]:
+    """Poll the bucket until `found(names)` holds; the job must still run."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not found(names := _names(uri)):
+        if job.poll() is not None:
+            pytest.fail(f"the job ended before the fault: {job.communicate()[1][-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"not there under {uri} after {START_TIMEOUT_S} s: {sorted(names)}")
+        time.sleep(0.1)
+    return names
+
+
+def test_worker_node_killed_mid_training(nodes, shapes, s3):
+    from raycls.train.trainer import HISTORY_FILE, METRICS_FILE
+
+    data, config = shapes
+    out = f"{s3}/faults/train"
+    epochs = 6
+    job = nodes.raycls(
+        "train",
+        f"{data}/train",
+        "--val",
+        f"{data}/val",
+        "--out",
+        out,
+        "--config",
+        str(config),
+        "--epochs",
+        str(epochs),
+        "--num-workers",
+        "2",
+    )
+    _wait_for(out, job, lambda names: any("checkpoint_" in n for n in names))
+    killed = nodes.command("kill ray::RayTrainWorker")
+    assert "killed" in killed, killed
+    result = _finish(job)
+    history = _read_json(f"{out}/{HISTORY_FILE}")
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))  # each epoch once
+    # Epochs after the kill ran in an attempt that resumed from a checkpoint.
+    assert history[-1]["attempt_start_epoch"] > 1
+    metrics = _read_json(f"{out}/{METRICS_FILE}")
+    assert metrics["epochs_run"] == epochs and result["epochs_run"] == epochs
+
+
+def test_worker_node_killed_mid_sweep(nodes, shapes, s3, tmp_path):
+    from raycls.tune.results import DONE_FILE, TERMINATED
+    from raycls.tune.trial import STARTS_FILE
+
+    data, config = shapes
+    out = f"{s3}/faults/sweep"
+    space = tmp_path / "space.yaml"
+    space.write_text("model.fusion: image_only\ntrain.lr: {loguniform: [0.001, 0.01]}\n")
+    job = nodes.raycls("tune", f"{data}/train", "--val", f"{data}/val", "--out", out,
+                       "--config", str(config), "--num-samples", "4", "--max-concurrent", "2",
+                       "--epochs", "2", "--scheduler", "none", "--search-space", str(space),
+                       "--resources-per-trial", "cpu=0.5")  # fmt: skip
+    names = _wait_for(out, job, lambda names: any(n.endswith(DONE_FILE) for n in names))
+    finished = {n.split("/")[1] for n in names if n.endswith(DONE_FILE)}
+    killed = nodes.command("kill ray::RayTrainWorker")
+    assert "killed" in killed, killed
+    _finish(job)
+    table = pq.read_table(f"{get_filesystem(out)[1]}/results.parquet",
+                          filesystem=get_filesystem(out)[0]).to_pandas()  # fmt: skip
+    assert len(table) == 4 and set(table["status"]) == {TERMINATED}
+    starts = {
+        t: _read_text(f"{out}/trials/{t}/{STARTS_FILE}").count("\n") for t in table["trial_id"]
+    }
+    assert all(starts[t] == 1 for t in finished)  # finished before the kill: not rerun
+    assert any(n > 1 for n in starts.values())  # the trial on the dead node ran again
+
+
+def _read_json(uri: str):
+    return json.loads(_read_text(uri))
+
+
+def _read_text(uri: str) -> str:
+    fs, path = get_filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
