@@ -22,8 +22,8 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     head = {**NODE, "include_dashboard": False, "dashboard_host": "127.0.0.1"}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    workers = [cluster.add_node(**NODE) for _ in range(int(sys.argv[1]))]
+    cluster = _retried(lambda: Cluster(initialize_head=True, head_node_args=head))
+    workers = [_retried(lambda: cluster.add_node(**NODE)) for _ in range(int(sys.argv[1]))]
     _say(address=cluster.address, workers=[w.node_id for w in workers])
     try:
         for line in sys.stdin:
@@ -37,12 +37,24 @@ def main() -> None:
                 cluster.remove_node(node, allow_graceful=False)
                 _say(killed=node.node_id)
             elif command == "add":
-                workers.append(cluster.add_node(**NODE))
+                workers.append(_retried(lambda: cluster.add_node(**NODE)))
                 _say(added=workers[-1].node_id)
             elif command == "quit":
                 break
     finally:
         cluster.shutdown()
+
+
+def _retried(start, attempts: int = 3):
+    """Ray gives a starting node 30 s to register (not configurable); a loaded machine can
+    take longer, so try again (the failed node's processes die with this process's reaper)."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except Exception as error:  # Ray raises a bare Exception on that timeout
+            if attempt == attempts - 1 or "timed out during startup" not in str(error):
+                raise
+    return None
 
 
 def _hosting(workers: list, title: str) -> object | None:
