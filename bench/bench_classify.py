@@ -1,30 +1,42 @@
-"""Throughput of `raycls classify` against a plain PyTorch DataLoader loop and the model alone.
+"""Throughput of `raycls classify` against a plain PyTorch script and the model alone.
 
-    .venv/bin/python bench/bench_classify.py --images 2000
-    .venv/bin/python bench/bench_classify.py --images 20000 --skip-dataloader
+    .venv/bin/python bench/bench_classify.py --images 20000 --e2e     # the issue-14 comparison
+    .venv/bin/python bench/bench_classify.py --images 2000            # in-process phases
+    .venv/bin/python bench/bench_classify.py --driver-rows 1000000 --skip-compute --skip-raycls
 
-One run on generated 128 px JPEGs and one model prints images/s for (1) the library call
-`raycls.classify` on a local Ray (read, decode, classify, Parquet), (2) the loop a user
-would write (Dataset decoding JPEGs with PIL, DataLoader workers, forward, results kept), (3) the
-forward pass alone on pre-decoded tensors (the compute bound), and (4) that forward pass after
-the rewrites raycls's actors apply (`optimize_for_inference`: BatchNorm folded, channels-last),
-the bound raycls itself works against; the ratios, and the peak memory of each phase: the RSS
-sum of this process and all its children (Ray's processes included), sampled every 0.2 s.
-Figures only, no assertions.
+One run on generated 128 px JPEGs and one model prints images/s for (1) the forward pass alone
+on pre-decoded tensors (the compute bound), (2) that forward pass after the rewrites raycls's
+actors apply (`optimize_for_inference`: BatchNorm folded, channels-last), the bound raycls
+itself works against, and that bound with each image's decode added (as the plain loop does
+it), (3) a DataLoader loop in this process, (4) `raycls.classify` on a local Ray started
+beforehand; the ratios, and the peak memory of each phase (RSS of this process tree).
+
+`--e2e` times both contenders as whole processes (imports, Ray start and model load included):
+`python -m raycls classify` with default settings, and bench/plain_classify.py; it reports
+end-to-end and steady rates (rows after the first results / seconds after them), time to first
+results, and where raycls's CPU time went (driver, actors, Ray's other processes).
+`--driver-rows N` measures the rows/s the driver commits alone: result blocks of a fake model
+(no images, no forward) from Ray Data tasks into Parquet part files, as `raycls classify` does.
+Figures only, no assertions; the last line is one JSON object with every figure and ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import torch
 from PIL import Image
 
@@ -237,6 +249,161 @@ def _best_of(repeat: int, sampler: MemorySampler, run) -> tuple[float, int]:
     return max(rates), peak
 
 
+def bench_decode(paths: list[Path], size: int, max_images: int) -> float:
+    """Images/s of raycls's decode (PIL decode, resize, normalise) on one core, times cores."""
+    from raycls.io.images import decode_image, preprocess
+
+    subset = paths[: min(len(paths), max_images)]
+    started = time.perf_counter()
+    for p in subset:
+        preprocess(decode_image(p.read_bytes()), size)
+    rate = len(subset) / (time.perf_counter() - started) * (os.cpu_count() or 1)
+    print(f"  decode alone: {rate:.1f} images/s (one core's rate x {os.cpu_count()})", flush=True)
+    return rate
+
+
+def _kind(proc: psutil.Process, root: int) -> str:
+    if proc.pid == root:
+        return "driver"
+    name = " ".join(proc.cmdline()[:1])
+    if "MapWorker" in name:
+        return "actors"
+    if name.startswith("ray::"):
+        return "other Ray workers"
+    if any(k in name for k in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor")):
+        return "Ray services"
+    return "other"
+
+
+def run_process(command: list[str], env: dict[str, str]) -> tuple[float, str, dict, int]:
+    """Run `command`; return its wall seconds, stdout, CPU seconds by process kind (the tree
+    sampled every 0.5 s) and the peak RSS of the tree."""
+    started = time.time()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                            env={**env, "BENCH_STARTED": repr(started)})  # fmt: skip
+    cpu: dict[int, tuple[str, float]] = {}
+    peak = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        rss = 0
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            break
+        for p in tree:
+            try:
+                times = p.cpu_times()
+                cpu[p.pid] = (_kind(p, proc.pid), times.user + times.system)
+                rss += p.memory_info().rss
+            except psutil.Error:
+                pass  # exited between listing and reading
+        peak = max(peak, rss)
+        time.sleep(0.5)
+    out, _ = proc.communicate()
+    seconds = time.time() - started
+    if proc.returncode:
+        raise RuntimeError(f"{command[:4]} failed with exit code {proc.returncode}")
+    kinds: dict[str, float] = {}
+    for kind, secs in cpu.values():
+        kinds[kind] = kinds.get(kind, 0.0) + secs
+    return seconds, out, kinds, peak
+
+
+def bench_e2e(model_dir: str, folder: Path, work: Path, n: int, batch_size: int) -> dict:
+    """`python -m raycls classify` (defaults) and the plain script, each a whole process."""
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    here = Path(__file__).resolve().parent
+    command = [sys.executable, str(here / "plain_classify.py"), str(folder), model_dir,
+               str(work / "plain.parquet"), "--batch-size", str(batch_size)]  # fmt: skip
+    seconds, out, _, plain_peak = run_process(command, env)
+    plain = json.loads(out.strip().splitlines()[-1])
+    plain_steady = plain["rows"] / (plain["seconds"] - plain["first_rows_s"])
+    print(
+        f"  plain script: {seconds:.1f} s whole process, first results after "
+        f"{plain['first_rows_s']:.1f} s, steady {plain_steady:.1f} images/s",
+        flush=True,
+    )
+    command = [sys.executable, "-m", "raycls", "classify", str(folder), "--model", model_dir,
+               "--out", str(work / "out-e2e"), "--overwrite"]  # fmt: skip
+    ray_seconds, out, cpu, ray_peak = run_process(command, env)
+    summary = json.JSONDecoder().raw_decode(out[out.index("{") :])[0]
+    assert summary["rows"] == n, summary
+    # From the process start: the part of the run before classify() began (imports) added.
+    first = ray_seconds - (summary["seconds"] - summary["first_rows_s"])
+    steady = summary["rows"] / (summary["seconds"] - summary["first_rows_s"])
+    print(f"  raycls classify: {ray_seconds:.1f} s whole process, first results after "
+          f"{first:.1f} s ({summary['first_rows_s']:.1f} s in classify()), steady "
+          f"{steady:.1f} images/s, actors {summary['actors']}", flush=True)  # fmt: skip
+    busy = sum(cpu.values())
+    print(
+        "  raycls CPU seconds by process: "
+        + ", ".join(
+            f"{k} {v:.0f} ({v / busy:.0%})" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
+        )
+    )
+    return {
+        "plain_seconds": round(seconds, 2),
+        "plain_first_rows_s": plain["first_rows_s"],
+        "plain_images_per_s": round(n / seconds, 1),
+        "plain_steady_images_per_s": round(plain_steady, 1),
+        "plain_peak_rss_gib": round(plain_peak / 2**30, 2),
+        "raycls_seconds": round(ray_seconds, 2),
+        "raycls_first_rows_s": round(first, 2),
+        "raycls_first_rows_s_in_classify": summary["first_rows_s"],
+        "raycls_images_per_s": round(n / ray_seconds, 1),
+        "raycls_steady_images_per_s": round(steady, 1),
+        "raycls_peak_rss_gib": round(ray_peak / 2**30, 2),
+        "raycls_actors": summary["actors"],
+        "raycls_cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
+        "raycls_cpu_share_of_machine": round(busy / (ray_seconds * (os.cpu_count() or 1)), 3),
+        "e2e_ratio": round(seconds / ray_seconds, 3),
+        "steady_ratio": round(steady / plain_steady, 3),
+    }
+
+
+def _fake_results(batch: dict, rows_per_shard: int, block_rows: int) -> Iterator[pa.Table]:
+    """A fake model's result blocks for the shards in `batch`: every column classify sends."""
+    for index in batch["id"]:
+        for start in range(0, rows_per_shard, block_rows):
+            n = min(block_rows, rows_per_shard - start)
+            rows = np.arange(start, start + n, dtype=np.int32)
+            yield pa.table({
+                "key": pa.array([f"/data/{index:06d}/img{r:06d}.jpg" for r in rows]),
+                "shard": pa.array(np.full(n, index, np.int32)),
+                "shard_rows": pa.array(np.full(n, rows_per_shard, np.int32)),
+                "row": pa.array(rows),
+                "label": pa.array(["circle"] * n), "score": pa.array(np.full(n, 0.5, np.float32)),
+                "top_k_labels": pa.array([LABELS[:5]] * n, pa.list_(pa.string())),
+                "top_k_scores": pa.array([[0.5, 0.2, 0.1, 0.1, 0.1]] * n, pa.list_(pa.float32())),
+                "caption": pa.nulls(n, pa.string()), "status": pa.array(["ok"] * n),
+                "error": pa.nulls(n, pa.string()),
+            })  # fmt: skip
+
+
+def bench_driver(rows: int, shard_size: int, block_rows: int, out: Path) -> float:
+    """Rows/s the driver commits alone: fake result blocks through `commit_results`."""
+    import ray.data
+
+    from raycls.bulk.output import OutputDir
+    from raycls.bulk.pipeline import commit_results
+    from raycls.io.shards import Shard
+
+    n_shards = rows // shard_size
+    shards = [Shard(i, "files", (f"/data/{i:06d}",)) for i in range(n_shards)]
+    ds = ray.data.range(n_shards, override_num_blocks=n_shards).map_batches(
+        _fake_results, batch_size=1, batch_format="numpy",
+        fn_kwargs={"rows_per_shard": shard_size, "block_rows": block_rows})  # fmt: skip
+    output = OutputDir(str(out))
+    output.prepare({"format": 1, "identity": {"bench": "driver"}}, overwrite=True)
+    started = time.perf_counter()
+    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+    result = commit_results(batches, shards, output, "path", "fake")
+    rate = sum(result["counts"].values()) / (time.perf_counter() - started)
+    print(f"  driver commit: {rate:.0f} rows/s ({n_shards} part files, blocks of {block_rows} "
+          f"rows, Ray Data tasks on this machine making them meanwhile)", flush=True)  # fmt: skip
+    return rate
+
+
 def main(argv: list[str] | None = None) -> None:
     cpus = os.cpu_count() or 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -244,12 +411,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-px", type=int, default=128, help="side of the generated JPEGs")
     parser.add_argument("--model-size", type=int, default=128, help="model input side")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--classify-actors", type=int, default=cpus)
+    parser.add_argument("--classify-actors", type=int, default=None, help="default: automatic")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=cpus, help="DataLoader workers")
     parser.add_argument("--compute-images", type=int, default=2000)
+    parser.add_argument("--skip-compute", action="store_true")
     parser.add_argument("--skip-dataloader", action="store_true")
+    parser.add_argument("--skip-raycls", action="store_true", help="no in-process raycls run")
+    parser.add_argument("--e2e", action="store_true", help="whole processes: raycls vs plain")
+    parser.add_argument("--driver-rows", type=int, default=0, help="driver commit rate phase")
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs per phase")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "raycls-bench"))
     args = parser.parse_args(argv)
@@ -263,37 +434,69 @@ def main(argv: list[str] | None = None) -> None:
         f"model: resnet18 image_only, {len(LABELS)} classes, input {args.model_size} px "
         f"(random weights; a fused model skips its text encoder on text-free inputs)"
     )
+    figures: dict = {"images": args.images, "cpus": cpus, "load_start": os.getloadavg()}
     sampler = MemorySampler()
     rows = []
-    best = _best_of(args.repeat, sampler, lambda: max(bench_compute(
-        model_dir, paths, args.batch_size, args.compute_images)))  # fmt: skip
-    rows.append(("model forward alone (compute bound)", *best))
-    best = _best_of(args.repeat, sampler, lambda: max(bench_compute(
-        model_dir, paths, args.batch_size, args.compute_images, optimized=True)))  # fmt: skip
-    rows.append(("optimized forward (raycls's own bound)", *best))
+    if not args.skip_compute:
+        best = _best_of(args.repeat, sampler, lambda: max(bench_compute(
+            model_dir, paths, args.batch_size, args.compute_images)))  # fmt: skip
+        rows.append(("model forward alone (compute bound)", *best))
+        best = _best_of(args.repeat, sampler, lambda: max(bench_compute(
+            model_dir, paths, args.batch_size, args.compute_images, optimized=True)))  # fmt: skip
+        rows.append(("optimized forward (raycls's own bound)", *best))
+        decode = bench_decode(paths, args.model_size, args.compute_images)
+        bound = 1 / (1 / rows[1][1] + 1 / decode)
+        rows.append(("optimized forward + decode (bound)", bound, 0))
+        figures.update(
+            forward_images_per_s=round(rows[0][1], 1),
+            optimized_images_per_s=round(rows[1][1], 1),
+            decode_images_per_s=round(decode, 1),
+            bound_images_per_s=round(bound, 1),
+        )
     if not args.skip_dataloader:
         best = _best_of(args.repeat, sampler, lambda: bench_dataloader(
             model_dir, paths, args.batch_size, args.workers))  # fmt: skip
-        rows.append((f"plain DataLoader loop ({args.workers} workers)", *best))
+        rows.append((f"DataLoader loop in-process ({args.workers} workers)", *best))
+        figures["dataloader_images_per_s"] = round(best[0], 1)
+    if args.e2e:
+        e2e = bench_e2e(model_dir, folder, work, args.images, args.batch_size)
+        figures.update(e2e)
+        rows.append(("plain script, whole process", e2e["plain_images_per_s"],
+                     e2e["plain_peak_rss_gib"] * 2**30))  # fmt: skip
+        rows.append(("plain script, steady", e2e["plain_steady_images_per_s"], 0))
+        rows.append(("raycls classify, whole process", e2e["raycls_images_per_s"],
+                     e2e["raycls_peak_rss_gib"] * 2**30))  # fmt: skip
+        rows.append(("raycls classify, steady", e2e["raycls_steady_images_per_s"], 0))
+        if "bound_images_per_s" in figures:
+            figures["steady_vs_bound"] = round(
+                e2e["raycls_steady_images_per_s"] / figures["bound_images_per_s"], 3)  # fmt: skip
+    if not args.skip_raycls or args.driver_rows:
+        from raycls.cluster.runtime import init_ray
 
-    from raycls.cluster.runtime import init_ray
+        started = time.perf_counter()
+        init_ray(None)
+        print(f"  local Ray started in {time.perf_counter() - started:.1f} s (not timed below)")
+    if not args.skip_raycls:
+        best = _best_of(args.repeat, sampler, lambda: bench_raycls(
+            model_dir, folder, work / "out", args)["images_per_s"])  # fmt: skip
+        rows.append(("raycls classify in-process (Ray up)", *best))
+        figures["raycls_in_process_images_per_s"] = round(best[0], 1)
+    if args.driver_rows:
+        rate = bench_driver(args.driver_rows, args.shard_size, args.batch_size, work / "out-driver")
+        figures["driver_commit_rows_per_s"] = round(rate)
 
-    started = time.perf_counter()
-    init_ray(None)
-    print(f"  local Ray started in {time.perf_counter() - started:.1f} s (not timed below)")
-    best = _best_of(args.repeat, sampler, lambda: bench_raycls(
-        model_dir, folder, work / "out", args)["images_per_s"])  # fmt: skip
-    rows.append(("raycls classify (Ray Data, Parquet)", *best))
-
-    compute, optimized = rows[0][1], rows[1][1]
-    loop = rows[2][1] if not args.skip_dataloader else None
+    figures["load_end"] = os.getloadavg()
     print(f"\n{args.images} images, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'':40} {'images/s':>9} {'x compute':>10} {'x optimized':>12} {'x loop':>7} "
-          f"{'peak RSS':>9}")  # fmt: skip
-    for name, rate, peak in rows:
-        vs_loop = f"{rate / loop:7.2f}" if loop else f"{'-':>7}"
-        print(f"{name:40} {rate:9.1f} {rate / compute:10.2f} {rate / optimized:12.2f} "
-              f"{vs_loop} {peak / 2**30:7.2f}G")  # fmt: skip
+    if rows:
+        base = rows[0][1] if not args.skip_compute else None
+        print(f"{'':40} {'images/s':>9} {'x compute':>10} {'peak RSS':>9}")
+        for name, rate, peak in rows:
+            ratio = f"{rate / base:10.2f}" if base else f"{'-':>10}"
+            print(f"{name:40} {rate:9.1f} {ratio} {peak / 2**30:7.2f}G")
+    for key in ("e2e_ratio", "steady_ratio", "steady_vs_bound", "driver_commit_rows_per_s"):
+        if key in figures:
+            print(f"{key}: {figures[key]}")
+    print(json.dumps(figures, default=str))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.tiny:
+        raise SystemExit(
+            "gpu_bench.py: no CUDA device here (torch.cuda.is_available() is False), and its "
+            "figures are per GPU. Run it on a GPU machine, or with --tiny for a CPU smoke run."
+        )
     if args.tiny:
         args.backbone, args.image_size, args.seconds = "resnet18", 64, 1.0
         args.classify_batch_sizes, args.caption_batch_sizes = [8, 32], [4, 8]
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         results.append(bench_pipeline(args, device))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "results": results}, indent=2))
+    print(json.dumps({"device": name, "results": results}, default=str))
 
 
 if __name__ == "__main__":

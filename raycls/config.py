@@ -166,9 +166,10 @@ class ClassifyConfig:
     top_k: int = 5
     batch_size: int = 64
     caption_batch_size: int = 16
-    # Actor pools are sized independently; captioning is far slower than classification.
-    classify_actors: int = 1
-    caption_actors: int = 1
+    # Actor pools; None sizes each from the cluster when the job starts and lets it autoscale
+    # (raycls.bulk.sizing). A number pins the pool to that many actors.
+    classify_actors: int | None = None
+    caption_actors: int | None = None
     cpus_per_classify_actor: float = 1.0
     cpus_per_caption_actor: float = 1.0
     gpus_per_classify_actor: float = 0.0
@@ -188,7 +189,8 @@ class ClassifyConfig:
         _check_range("classify", "caption_image_size", self.caption_image_size, 16)
         _check_range("classify", "max_pixels", self.max_pixels, 1)
         for name in ("classify_actors", "caption_actors"):
-            _check_range("classify", name, getattr(self, name), 1)
+            if getattr(self, name) is not None:
+                _check_range("classify", name, getattr(self, name), 1)
         for name in (
             "cpus_per_classify_actor",
             "cpus_per_caption_actor",

@@ -34,7 +34,8 @@ def init_ray(
         return "existing"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        with _loopback_kept(address):
+            ray.init(address=address, logging_level=logging.WARNING)
         return address
     # Workers of a local Ray inherit this process's environment.
     for name, value in WORKER_ENV.items():
@@ -54,7 +55,7 @@ def start_local_ray(*, num_cpus: int | None = None, dashboard: bool = False) -> 
     """
     import ray
 
-    with _loopback_node_ip():
+    with _single_machine_mode():
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -64,16 +65,38 @@ def start_local_ray(*, num_cpus: int | None = None, dashboard: bool = False) -> 
         )
 
 
-@contextlib.contextmanager
-def _loopback_node_ip() -> Iterator[None]:
-    """Make Ray take 127.0.0.1 as this node's address while it starts.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
-    Ray binds its servers to the node's address, which it takes to be the one other machines
-    reach this one by; ray.init even turns an explicit _node_ip_address="127.0.0.1" into that.
-    Only its single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS and
-    Windows) picks the loopback address. That switch is read once, when ray is imported, so it
-    is flipped here for the start only: a later ray.init(address=cluster) in this process still
-    finds its own address.
+
+@contextlib.contextmanager
+def _loopback_kept(address: str) -> Iterator[None]:
+    """Within it, `ray.init` connects to a loopback `address` (127.0.0.1:6379) on loopback.
+
+    Ray rewrites a loopback host to the machine's network address before connecting
+    (`ray._private.services.resolve_ip_for_localhost`), so a cluster started with
+    `--node-ip-address 127.0.0.1` was unreachable, and one on all interfaces was reached
+    through the network. The driver still attaches to the Ray node running on this machine,
+    whatever address that node registered.
+    """
+    host = address.rpartition(":")[0] if "://" not in address else ""
+    if host.lower() not in LOOPBACK_HOSTS:
+        yield
+        return
+    with _single_machine_mode():
+        yield
+
+
+@contextlib.contextmanager
+def _single_machine_mode() -> Iterator[None]:
+    """Ray's single-machine mode while Ray starts or connects: it takes 127.0.0.1 as this
+    node's address and keeps a loopback address on loopback.
+
+    Otherwise Ray binds its servers to (and connects through) the machine's network address,
+    which it takes to be the one other machines reach this one by; ray.init even turns an
+    explicit _node_ip_address="127.0.0.1" into that. The mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    =0, the default on macOS and Windows) is read once, when ray is imported, so it is flipped
+    here for the call only: a later ray.init(address=cluster) in this process still finds its
+    own address. A private Ray constant, checked against Ray 2.60.
     """
     from ray._private import ray_constants
 

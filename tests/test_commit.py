@@ -1,0 +1,67 @@
+"""The driver's side of classify: result batches in, part files out, exactly once (no Ray)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raycls.bulk.output import OutputDir
+from raycls.bulk.pipeline import commit_results
+from raycls.io.shards import Shard
+
+
+def rows(shard: int, positions: list[int], total: int) -> pa.Table:
+    n = len(positions)
+    return pa.table(
+        {
+            "key": [f"s{shard}r{p}" for p in positions],
+            "shard": pa.array([shard] * n, pa.int32()),
+            "shard_rows": pa.array([total] * n, pa.int32()),
+            "row": pa.array(positions, pa.int32()),
+            "label": ["cat"] * n,
+            "score": pa.array([0.5] * n, pa.float32()),
+            "top_k_labels": [["cat"]] * n,
+            "top_k_scores": pa.array([[0.5]] * n, pa.list_(pa.float32())),
+            "caption": pa.nulls(n, pa.string()),
+            "status": ["ok"] * (n - 1) + ["error"] if n else [],
+            "error": pa.nulls(n, pa.string()),
+        }
+    )
+
+
+def _out(tmp_path) -> OutputDir:
+    (tmp_path / "out").mkdir()
+    return OutputDir(str(tmp_path / "out"))
+
+
+def _shards(n: int) -> list[Shard]:
+    return [Shard(i, "files", (f"/in/{i}",)) for i in range(n)]
+
+
+def test_rows_sent_twice_by_retried_tasks_are_dropped_and_counted(tmp_path):
+    out = _out(tmp_path)
+    batches = [
+        rows(0, [0, 1], 3),
+        rows(0, [1], 3),  # a retried task repeats a row of a shard in flight
+        rows(0, [2], 3),  # shard 0 complete: committed
+        rows(0, [0, 2], 3),  # ... and repeated again after its commit
+        rows(1, [0, 1], 2),
+    ]
+    result = commit_results(iter(batches), _shards(3), out, "path", "m")
+    assert result["repeated"] == 3
+    assert result["counts"] == {"ok": 2, "error": 3}  # the last row of each batch: error
+    assert result["first_rows_at"] is not None
+    paths = sorted((tmp_path / "out").glob("part-*.parquet"))
+    assert [p.name for p in paths] == [f"part-00000{i}.parquet" for i in range(3)]
+    tables = [pq.read_table(p) for p in paths]
+    assert tables[0]["path"].to_pylist() == ["s0r0", "s0r1", "s0r2"]
+    assert tables[1]["path"].to_pylist() == ["s1r0", "s1r1"]
+    assert tables[2].num_rows == 0  # a shard without rows still gets its (empty) file
+
+
+def test_a_shard_left_incomplete_is_not_committed(tmp_path):
+    out = _out(tmp_path)
+    with pytest.raises(RuntimeError, match="1 shards ended incomplete; rerun to resume"):
+        commit_results(iter([rows(0, [0], 2)]), _shards(1), out, "path", "m")
+    assert not list((tmp_path / "out").glob("part-*"))

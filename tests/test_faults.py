@@ -1,0 +1,247 @@
+"""Nodes and drivers that die mid-job, on a Ray cluster of a head and two worker nodes on this
+machine (tests/cluster_nodes.py; every node on 127.0.0.1) with outputs on the test S3 server.
+
+Jobs run as a user runs them: `python -m raycls ... --address 127.0.0.1:PORT` in a process of
+its own, so a test can SIGKILL a worker node or the driver while the job runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from test_classify import make_model, write_images
+from test_object_store import _names, _tiny
+
+from raycls.bulk.output import MANIFEST, PART
+from raycls.demo.datasets import make_dataset
+from raycls.io.storage import get_filesystem
+
+# Each test takes 1-2.5 minutes on 2 loaded cores (three Ray nodes start per test): opt-in.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES, SHARD_SIZE = 600, 20  # 30 part files; the kill comes after the first one
+START_TIMEOUT_S = 240
+
+
+class Nodes:
+    """The cluster process of tests/cluster_nodes.py, and the environment its jobs run in."""
+
+    def __init__(self, workers: int) -> None:
+        self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+                    "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "cluster_nodes.py"), str(workers)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env,
+        )  # fmt: skip
+        self.address = self._read()["address"]
+
+    def command(self, line: str) -> dict:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the cluster process ended (exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=120)
+
+    def raycls(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "raycls", *args, "--address", self.address],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=ROOT,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def nodes(s3):
+    """A fresh head + two worker nodes (1 CPU each) per test: every test kills something."""
+    cluster = Nodes(workers=2)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("faults")
+    write_images(root / "images", IMAGES)
+    return root / "images", make_model(root)
+
+
+def _parts(uri: str) -> list[str]:
+    return sorted(n for n in _names(uri) if PART.match(n))
+
+
+def _wait_for_parts(uri: str, job: subprocess.Popen, at_least: int = 1) -> list[str]:
+    """Poll the bucket until `at_least` part files are committed; the job must still run."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(parts := _parts(uri)) < at_least:
+        if job.poll() is not None:
+            pytest.fail(f"the job ended before the fault: {job.communicate()[1][-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no part file under {uri} after {START_TIMEOUT_S} s")
+        time.sleep(0.1)
+    return parts
+
+
+def _finish(job: subprocess.Popen, timeout: float = 600) -> dict:
+    out, err = job.communicate(timeout=timeout)
+    assert job.returncode == 0, err[-5000:]
+    return json.JSONDecoder().raw_decode(out[out.index("{") :])[0]  # Ray may print after it
+
+
+def _check_exactly_once(uri: str, folder: Path) -> None:
+    """Every input image in exactly one row of exactly one part file; nothing else there."""
+    names = _names(uri)
+    parts = _parts(uri)
+    assert names == {MANIFEST, *parts}  # no temporary or duplicate files
+    assert len(parts) == IMAGES // SHARD_SIZE
+    fs, base = get_filesystem(uri)
+    keys = [
+        k for p in parts for k in pq.read_table(f"{base}/{p}", filesystem=fs)["path"].to_pylist()
+    ]
+    assert len(keys) == len(set(keys)) == IMAGES
+    assert {Path(k).name for k in keys} == {p.name for p in folder.iterdir()}
+
+
+def _classify(nodes: Nodes, folder: Path, model: str, out: str) -> subprocess.Popen:
+    # Batches of 2: a shard takes several tasks, so the kill lands while tasks are running.
+    return nodes.raycls(
+        "classify", str(folder), "--model", model, "--out", out, "--batch-size", "2",
+        "--shard-size", str(SHARD_SIZE),
+    )  # fmt: skip
+
+
+def test_worker_node_killed_mid_classify(nodes, images, s3):
+    folder, model = images
+    out = f"{s3}/faults/node-killed"
+    job = _classify(nodes, folder, model, out)
+    before = _wait_for_parts(out, job)
+    nodes.command("kill")
+    summary = _finish(job)
+    print(json.dumps(summary))
+    assert len(before) < IMAGES // SHARD_SIZE  # the node died while the job ran
+    assert summary["rows"] == summary["total_rows"] == IMAGES
+    assert summary["rows_repeated"] >= 0
+    _check_exactly_once(out, folder)
+
+
+def test_driver_killed_mid_classify_then_rerun(nodes, images, s3):
+    folder, model = images
+    out = f"{s3}/faults/driver-killed"
+    job = _classify(nodes, folder, model, out)
+    before = _wait_for_parts(out, job)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    committed = _parts(out)
+    assert before and len(committed) < IMAGES // SHARD_SIZE
+    summary = _finish(_classify(nodes, folder, model, out))
+    assert summary["shards_skipped"] == len(committed)
+    assert summary["total_rows"] == IMAGES
+    _check_exactly_once(out, folder)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> tuple[Path, Path]:
+    """The shapes data set at 32 px, and a YAML of test_object_store's tiny model settings."""
+    root = tmp_path_factory.mktemp("faults-shapes")
+    make_dataset("shapes", root / "data", per_class=4, size=32)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(_tiny().to_dict()))
+    return root / "data", root / "tiny.yaml"
+
+
+def _wait_for(uri: str, job: subprocess.Popen, found) -> set[str]:
+    """Poll the bucket until `found(names)` holds; the job must still run."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not found(names := _names(uri)):
+        if job.poll() is not None:
+            pytest.fail(f"the job ended before the fault: {job.communicate()[1][-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"not there under {uri} after {START_TIMEOUT_S} s: {sorted(names)}")
+        time.sleep(0.1)
+    return names
+
+
+def test_worker_node_killed_mid_training(nodes, shapes, s3):
+    from raycls.train.trainer import HISTORY_FILE, METRICS_FILE
+
+    data, config = shapes
+    out = f"{s3}/faults/train"
+    epochs = 6
+    job = nodes.raycls(
+        "train",
+        f"{data}/train",
+        "--val",
+        f"{data}/val",
+        "--out",
+        out,
+        "--config",
+        str(config),
+        "--epochs",
+        str(epochs),
+        "--num-workers",
+        "2",
+    )
+    _wait_for(out, job, lambda names: any("checkpoint_" in n for n in names))
+    killed = nodes.command("kill ray::RayTrainWorker")
+    assert "killed" in killed, killed
+    result = _finish(job)
+    history = _read_json(f"{out}/{HISTORY_FILE}")
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))  # each epoch once
+    # Epochs after the kill ran in an attempt that resumed from a checkpoint.
+    assert history[-1]["attempt_start_epoch"] > 1
+    metrics = _read_json(f"{out}/{METRICS_FILE}")
+    assert metrics["epochs_run"] == epochs and result["epochs_run"] == epochs
+
+
+def test_worker_node_killed_mid_sweep(nodes, shapes, s3, tmp_path):
+    from raycls.tune.results import DONE_FILE, TERMINATED
+    from raycls.tune.trial import STARTS_FILE
+
+    data, config = shapes
+    out = f"{s3}/faults/sweep"
+    space = tmp_path / "space.yaml"
+    space.write_text("model.fusion: image_only\ntrain.lr: {loguniform: [0.001, 0.01]}\n")
+    job = nodes.raycls("tune", f"{data}/train", "--val", f"{data}/val", "--out", out,
+                       "--config", str(config), "--num-samples", "4", "--max-concurrent", "2",
+                       "--epochs", "2", "--scheduler", "none", "--search-space", str(space),
+                       "--resources-per-trial", "cpu=0.5")  # fmt: skip
+    names = _wait_for(out, job, lambda names: any(n.endswith(DONE_FILE) for n in names))
+    finished = {n.split("/")[1] for n in names if n.endswith(DONE_FILE)}
+    killed = nodes.command("kill ray::RayTrainWorker")
+    assert "killed" in killed, killed
+    _finish(job)
+    table = pq.read_table(f"{get_filesystem(out)[1]}/results.parquet",
+                          filesystem=get_filesystem(out)[0]).to_pandas()  # fmt: skip
+    assert len(table) == 4 and set(table["status"]) == {TERMINATED}
+    starts = {
+        t: _read_text(f"{out}/trials/{t}/{STARTS_FILE}").count("\n") for t in table["trial_id"]
+    }
+    assert all(starts[t] == 1 for t in finished)  # finished before the kill: not rerun
+    assert any(n > 1 for n in starts.values())  # the trial on the dead node ran again
+
+
+def _read_json(uri: str):
+    return json.loads(_read_text(uri))
+
+
+def _read_text(uri: str) -> str:
+    fs, path = get_filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
