@@ -14,12 +14,13 @@ import logging
 import time
 from typing import Any
 
-from raycls.bulk.output import OutputDir, ShardCollector, model_fingerprint, result_schema
+from raycls.bulk.output import OutputDir, ShardCollector, result_schema
 from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import plan_shards
 from raycls.io.shards import Shard, split_shard
 from raycls.io.storage import get_filesystem, is_remote
+from raycls.models.predictor import ModelSpec, model_identity, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,10 @@ def classify(
     from raycls.cluster.runtime import init_ray
 
     started = time.perf_counter()
+    spec = model_spec(model_dir, config)  # a wrong model or labels fail before Ray starts
     shards = plan_shards(input, config.shard_size, text_column=config.text_column)
     out = OutputDir(out_dir)
-    manifest = _manifest(input, model_dir, shards, config)
+    manifest = _manifest(input, spec, shards, config)
     done = out.prepare(manifest, overwrite=overwrite)
     pending = [s for s in shards if s.index not in done]
     logger.info(
@@ -65,7 +67,7 @@ def classify(
     if pending:
         init_ray(address)
         warn_if_local_on_multinode(out_dir)
-        rows, first_rows_at = _run(pending, model_dir, out, config, _key_name(shards))
+        rows, first_rows_at = _run(pending, spec, out, config, _key_name(shards))
         first_rows_s = None if first_rows_at is None else round(first_rows_at - started, 2)
     elapsed = time.perf_counter() - started
     total = out.count_rows(done & {s.index for s in shards})
@@ -93,7 +95,14 @@ def classify(
     return summary
 
 
-def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -> Any:
+def model_spec(model_dir: str, config: ClassifyConfig) -> ModelSpec:
+    """The model `--model` names, with its kind and labels as `config` gives them."""
+    c = config
+    return resolve_model(model_dir, kind=c.model_kind, labels=c.labels, raw_scores=c.raw_scores,
+                         trust_remote_code=c.trust_remote_code)  # fmt: skip
+
+
+def build_dataset(shards: list[Shard], model: str | ModelSpec, config: ClassifyConfig) -> Any:
     """The lazy Ray Dataset of result rows (key, routing columns, predictions, status, error).
 
     One read task per shard, or per slice of a big shard of image files. Before a CPU actor,
@@ -106,18 +115,19 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
     from raycls.bulk.stages import CaptionStage, ClassifyStage, decode_rows, read_shards
 
     c = config
+    spec = model if isinstance(model, ModelSpec) else model_spec(model, config)
     actors = [
         _actor(CaptionStage, (c.captioner,), c.caption_actors, c.cpus_per_caption_actor,
                c.gpus_per_caption_actor, c.caption_batch_size, prompt=c.caption_prompt,
                max_new_tokens=c.max_new_tokens, trust_remote_code=c.trust_remote_code),
-        _actor(ClassifyStage, (model_dir,), c.classify_actors, c.cpus_per_classify_actor,
+        _actor(ClassifyStage, (spec.to_dict(),), c.classify_actors, c.cpus_per_classify_actor,
                c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k),
     ][0 if c.captioner else 1 :]  # fmt: skip
     fused = actors[0]["num_gpus"] is None
     prep_cpus = actors[0]["num_cpus"] if fused else 1.0
     read_kwargs = {"image_column": c.image_column, "text_column": c.text_column,
                    "id_column": c.id_column}  # fmt: skip
-    decode_kwargs = {"size": _image_size(model_dir), "max_pixels": c.max_pixels,
+    decode_kwargs = {"size": spec.image.size, "max_pixels": c.max_pixels,
                      "caption_size": c.caption_image_size if c.captioner else None,
                      "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
     # Read tasks of a few batches each: actors share big shards and finish together.
@@ -167,13 +177,13 @@ def _pool(size: int, in_flight: int | None = None) -> Any:
 
 
 def _run(
-    shards: list[Shard], model_dir: str, out: OutputDir, config: ClassifyConfig, key_name: str
+    shards: list[Shard], spec: ModelSpec, out: OutputDir, config: ClassifyConfig, key_name: str
 ) -> tuple[dict[str, int], float | None]:
     """Stream result rows to the driver; commit each shard's file once its rows are complete.
 
     Returns the rows per status, and when (perf_counter) the first results arrived."""
-    ds = build_dataset(shards, model_dir, config)
-    collector = ShardCollector(result_schema(key_name), model_name=model_dir)
+    ds = build_dataset(shards, spec, config)
+    collector = ShardCollector(result_schema(key_name), model_name=spec.source)
     todo = {s.index for s in shards}
     counts: dict[str, int] = {}
     started = last_log = time.perf_counter()
@@ -203,12 +213,12 @@ def _run(
 
 
 def _manifest(
-    input: str, model_dir: str, shards: list[Shard], config: ClassifyConfig
+    input: str, spec: ModelSpec, shards: list[Shard], config: ClassifyConfig
 ) -> dict[str, Any]:
     plan = json.dumps([s.to_dict() for s in shards], sort_keys=True).encode()
     identity = {
         "input": input if is_remote(input) else get_filesystem(input)[1],
-        "model_sha256": model_fingerprint(model_dir)["sha256"],
+        **model_identity(spec),
         "input_listing_sha256": hashlib.sha256(plan).hexdigest(),
     }
     identity.update({name: getattr(config, name) for name in IDENTITY_SETTINGS})
@@ -217,7 +227,7 @@ def _manifest(
     return {
         "format": 1,
         "identity": identity,
-        "model_dir": model_dir,
+        "model_dir": spec.source,
         "shards": len(shards),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": False,
@@ -227,11 +237,3 @@ def _manifest(
 def _key_name(shards: list[Shard]) -> str:
     """`id` for Parquet input (ids or file#row), `path` for image files and tar samples."""
     return "id" if shards and shards[0].kind == "parquet" else "path"
-
-
-def _image_size(model_dir: str) -> int:
-    fs, base = get_filesystem(model_dir)
-    with fs.open_input_stream(base.rstrip("/") + "/config.json") as f:
-        data = json.loads(f.read())
-    section = data.get("model", data) if isinstance(data.get("model"), dict) else data
-    return int(section.get("image_size", 128))
