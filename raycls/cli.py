@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from raycls.config import load_config
+from raycls.config import MODEL_KINDS, load_config
 
 OVERRIDES_HELP = "Settings as section.key=value (e.g. train.lr=3e-4 model.hidden_dim=128)."
 
@@ -206,9 +206,35 @@ def jobs_stop_cmd(job_id: str, address: str | None) -> None:
     click.echo(f"Stopping job {job_id}." if stopped else f"Job {job_id} was not running.")
 
 
+model_kind_option = click.option(
+    "--model-kind",
+    type=click.Choice(MODEL_KINDS),
+    default=None,
+    help="What --model holds (default auto: told from its config.json); caption: a text "
+    "encoder comparing alt-text or captions with the labels.",
+)
+labels_option = click.option(
+    "--labels",
+    default=None,
+    help="Zero-shot labels: cat,dog,... or a labels.yaml (descriptions, prompt templates).",
+)
+MODEL_HELP = (
+    "A `raycls train` directory; a Hugging Face image classifier or image-text model (CLIP, "
+    "SigLIP) as folder or hub id; or a text encoder with --model-kind caption."
+)
+
+
 @cli.command("classify")
 @click.argument("input")
-@click.option("--model", "model_dir", required=True, help="Model directory from `raycls train`.")
+@click.option("--model", "model_dir", required=True, help=MODEL_HELP)
+@model_kind_option
+@labels_option
+@click.option(
+    "--raw-scores",
+    is_flag=True,
+    default=None,
+    help="Keep raw similarities (zero-shot) or logits instead of softmax scores.",
+)
 @click.option("--out", "out_dir", required=True, help="Output folder or URI (s3://, gs://).")
 @click.option(
     "--captioner", default=None, help="Hub id or local dir of an image-to-text model, or none."
@@ -345,26 +371,46 @@ def train_cmd(
 
 
 @cli.command("evaluate")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir")
 @click.argument("data")
 @click.option(
     "--out",
     "out_dir",
     default=None,
-    help="Report folder: metrics.json, confusion_matrix.png (default: MODEL_DIR/evaluation).",
+    help="Report folder: metrics.json, confusion_matrix.png (default: MODEL_DIR/evaluation "
+    "for a raycls model, else ./evaluation).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@model_kind_option
+@click.option(
+    "--labels",
+    default=None,
+    help="Zero-shot labels: cat,dog,... or a labels.yaml (default: DATA's class names).",
+)
+@click.option("--trust-remote-code", is_flag=True, help="Run code shipped with an HF model.")
 @address_option
 def evaluate_cmd(
-    model_dir: str, data: str, out_dir: str | None, batch_size: int, address: str | None
+    model_dir: str,
+    data: str,
+    out_dir: str | None,
+    batch_size: int,
+    model_kind: str | None,
+    labels: str | None,
+    trust_remote_code: bool,
+    address: str | None,
 ) -> None:
-    """Score the model in MODEL_DIR on labelled DATA; print a short table."""
+    """Score MODEL_DIR (any kind classify takes) on labelled DATA; print a short table."""
     from raycls.io.storage import join
+    from raycls.models.predictor import is_raycls_model
     from raycls.train.evaluation import evaluate, format_report
 
-    out_dir = out_dir or join(model_dir, "evaluation")
+    if out_dir is None:
+        out_dir = join(model_dir, "evaluation") if is_raycls_model(model_dir) else "evaluation"
     try:
-        metrics = evaluate(model_dir, data, out_dir, batch_size=batch_size, address=address)
+        metrics = evaluate(
+            model_dir, data, out_dir, batch_size=batch_size, address=address,
+            model_kind=model_kind or "auto", labels=labels, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     click.echo(format_report(metrics))
@@ -465,6 +511,11 @@ def tune_cmd(
         f"Best config: {summary['best_config']}\nResults: {summary['results_csv']}, "
         f"{summary['plot']} ({summary['elapsed_s']:.0f}s)"
     )
+
+
+from raycls.models.commands import describe_labels_cmd  # noqa: E402
+
+cli.add_command(describe_labels_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

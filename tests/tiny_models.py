@@ -161,9 +161,7 @@ def make_tiny_siglip(path: str | Path, image_size: int = 32, seed: int = 0) -> s
     return str(path)
 
 
-def make_tiny_vit(
-    path: str | Path, labels: list[str], image_size: int = 32, seed: int = 0
-) -> str:
+def make_tiny_vit(path: str | Path, labels: list[str], image_size: int = 32, seed: int = 0) -> str:
     """A 2-layer ViT image classifier (hidden 32) with `labels` as id2label, and its processor."""
     from transformers import ViTConfig, ViTForImageClassification
 

@@ -1,28 +1,29 @@
-"""The fused CNN + language-model classifier: build, run, save and load it."""
+"""Models: the fused CNN + language-model classifier, the captioner, and predictors for every
+kind of `--model` (raycls, Hugging Face classifiers, zero-shot); `load_predictor` loads one.
+Imports are lazy: `raycls.models.labels` or the CLI's commands load no torch through here.
+"""
 
-from raycls.models.backbones import IMAGENET_MEAN, IMAGENET_STD, list_backbones
-from raycls.models.classifier import (
-    FusedClassifier,
-    build_model,
-    check_model_config,
-    load_model,
-    save_model,
-)
-from raycls.models.fusion import list_fusions
-from raycls.models.inference import optimize_for_inference
-from raycls.models.text import list_poolings, resolve_text_encoder
+from raycls._lazy import lazy_exports
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "FusedClassifier",
-    "build_model",
-    "check_model_config",
-    "list_backbones",
-    "list_fusions",
-    "list_poolings",
-    "load_model",
-    "optimize_for_inference",
-    "resolve_text_encoder",
-    "save_model",
-]
+_EXPORTS = {
+    "IMAGENET_MEAN": "backbones",
+    "IMAGENET_STD": "backbones",
+    "list_backbones": "backbones",
+    "FusedClassifier": "classifier",
+    "build_model": "classifier",
+    "check_model_config": "classifier",
+    "load_model": "classifier",
+    "save_model": "classifier",
+    "list_fusions": "fusion",
+    "optimize_for_inference": "inference",
+    "list_poolings": "text",
+    "resolve_text_encoder": "text",
+    "LabelSet": "labels",
+    "load_labels": "labels",
+    "ModelSpec": "predictor",
+    "load_predictor": "predictor",
+    "resolve_model": "predictor",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from raycls.io.storage import is_remote, join, read_bytes
+from raycls.models.classifier import FORMAT_NAME
 from raycls.models.predictor import ModelSpec, Predictor
 
 logger = logging.getLogger(__name__)
 
-RAYCLS_FORMAT = "raycls-model"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _KIND_HINT = "pass --model-kind (classify.model_kind): raycls, hf-classifier, zero-shot or caption"
@@ -75,7 +75,7 @@ def candidate_kinds(config: dict[str, Any]) -> set[str]:
         MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES as ZERO_SHOT,
     )
 
-    if config.get("format") == RAYCLS_FORMAT:
+    if config.get("format") == FORMAT_NAME:
         return {"raycls"}
     model_type = config.get("model_type", "")
     classifier, zero_shot = (

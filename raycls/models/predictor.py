@@ -17,6 +17,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,8 +85,12 @@ def resolve_model(
     labels: str | LabelSet | None = None,
     raw_scores: bool = False,
     trust_remote_code: bool = False,
+    labels_optional: bool = False,
 ) -> ModelSpec:
     """Tell the model's kind, read its image settings and the labels; load no weights.
+
+    `labels_optional`: a zero-shot spec without labels (the caller fills them in, as evaluate
+    does from the data's classes); `load_predictor` refuses it.
 
     Raises:
         ValueError: unknown kind, a model of another kind than `kind`, a config that fits no
@@ -112,7 +117,7 @@ def resolve_model(
         else:
             pre = hf.read_model_file(source, "preprocessor_config.json")
             image = ImageInput(**hf.image_settings(source, pre))
-    if kind in ZERO_SHOT_KINDS and labels is None:
+    if kind in ZERO_SHOT_KINDS and labels is None and not labels_optional:
         raise ValueError(
             f"{source!r} is a {kind} model: give the labels to choose from with --labels "
             "cat,dog,... or --labels labels.yaml (classify.labels)"
@@ -123,6 +128,19 @@ def resolve_model(
             "zero-shot and caption models only)"
         )
     return ModelSpec(source, kind, image, labels, raw_scores, trust_remote_code)
+
+
+def is_raycls_model(source: str) -> bool:
+    """Whether `source` is a folder (or URI) holding a model from `raycls train`."""
+    from raycls.io.storage import is_remote, join, read_json
+    from raycls.models.classifier import FORMAT_NAME
+
+    if not is_remote(source) and not Path(source, "config.json").is_file():
+        return False
+    try:
+        return read_json(join(source, "config.json")).get("format") == FORMAT_NAME
+    except Exception:  # unreadable or not JSON: not a raycls model either way
+        return False
 
 
 def model_identity(spec: ModelSpec) -> dict[str, Any]:
@@ -237,6 +255,8 @@ def load_predictor(spec: ModelSpec | dict[str, Any], device: str = "cpu") -> Pre
 
     if isinstance(spec, dict):
         spec = ModelSpec.from_dict(spec)
+    if spec.kind in ZERO_SHOT_KINDS and spec.labels is None:
+        raise ValueError(f"the {spec.kind} model {spec.source!r} needs labels (--labels)")
     with local_copy(_local_source(spec)) as folder:
         if spec.kind == "raycls":
             return FusedPredictor(folder, spec, device)
