@@ -208,8 +208,9 @@ def test_evaluate_cli_with_a_labels_file(tmp_path, shapes, tiny):
     save_labels(
         LabelSet.from_dict({"templates": ["a {}"], "labels": SHAPES}), str(tmp_path / "l.yaml")
     )
-    result = CliRunner().invoke(cli, ["evaluate", tiny["siglip"], str(shapes), "--labels",
-                                      str(tmp_path / "l.yaml"), "--out", str(tmp_path / "r")])  # fmt: skip
+    args = ["evaluate", tiny["siglip"], str(shapes), "--labels", str(tmp_path / "l.yaml"),
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["model_kind"] == "zero-shot"
 
