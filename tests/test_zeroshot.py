@@ -200,7 +200,7 @@ def test_evaluate_every_kind(tmp_path, shapes, tiny):
     # Caption zero-shot skips (and reports) rows without alt-text; the alt-text helps.
     assert metrics["bad_count"] > 0 and "no text" in metrics["bad_examples"][0]
     assert metrics["accuracy"] > 2 / 9
-    with pytest.raises(ValueError, match="not among the labels"):
+    with pytest.raises(ValueError, match="not among the --labels"):
         evaluate(tiny["clip"], str(shapes), None, labels="red_circle,dog")
 
 

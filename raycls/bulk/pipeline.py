@@ -213,8 +213,9 @@ def _run(
 
 
 def _manifest(
-    input: str, spec: ModelSpec, shards: list[Shard], config: ClassifyConfig
+    input: str, model: str | ModelSpec, shards: list[Shard], config: ClassifyConfig
 ) -> dict[str, Any]:
+    spec = model if isinstance(model, ModelSpec) else model_spec(model, config)
     plan = json.dumps([s.to_dict() for s in shards], sort_keys=True).encode()
     identity = {
         "input": input if is_remote(input) else get_filesystem(input)[1],

@@ -171,12 +171,13 @@ class CaptionStage:
 class ClassifyStage:
     """Actor: loads the model once, returns the small result columns (no pixels).
 
-    `model`: a `raycls.models.predictor.ModelSpec` as a dict (any kind: fused, HF, zero-shot).
+    `model`: a `raycls.models.predictor.ModelSpec` as a dict (any kind: fused, HF, zero-shot),
+    or the path of a model with labels of its own.
     """
 
     def __init__(
         self,
-        model: dict[str, Any],
+        model: dict[str, Any] | str,
         *,
         top_k: int,
         batch_size: int = 64,

@@ -249,10 +249,13 @@ def _local_source(spec: ModelSpec) -> str:
     return spec.source
 
 
-def load_predictor(spec: ModelSpec | dict[str, Any], device: str = "cpu") -> Predictor:
-    """The predictor for a resolved spec (or its `to_dict()`), loaded on `device`."""
+def load_predictor(spec: ModelSpec | dict[str, Any] | str, device: str = "cpu") -> Predictor:
+    """The predictor for a resolved spec (or its `to_dict()`, or a model with its own labels
+    named by path or hub id), loaded on `device`."""
     from raycls.io.storage import local_copy
 
+    if isinstance(spec, str):
+        spec = resolve_model(spec)
     if isinstance(spec, dict):
         spec = ModelSpec.from_dict(spec)
     if spec.kind in ZERO_SHOT_KINDS and spec.labels is None:

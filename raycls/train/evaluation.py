@@ -77,9 +77,11 @@ def evaluate(
     classes = model.labels
     unknown = sorted(set(data_classes) - set(classes))
     if unknown:
+        if spec.kind in ZERO_SHOT_KINDS:
+            raise ValueError(f"{data!r} has class(es) {unknown} not among the --labels {classes}")
         raise ValueError(
-            f"{data!r} has class(es) {unknown} that are not among the labels of the model in "
-            f"{model_dir!r}: {classes}"
+            f"{data!r} has class(es) {unknown} that the model in {model_dir!r} was not trained "
+            f"on; the model knows: {classes}"
         )
     index = {name: i for i, name in enumerate(classes)}
     labels, scores, bad = [], [], []
