@@ -4,16 +4,19 @@ inputs become error rows and the job goes on."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from test_bad_inputs import MAX_PIXELS, corpus
 from test_classify import LABELS, check_rows, image_bytes, read_output
 from tiny_models import make_tiny_clip, make_tiny_siglip, make_tiny_vit
 
+from raycls.cli import cli
 from raycls.config import DEFAULT_TEXT_ENCODER, ClassifyConfig
 
 BAD = ("truncated.jpg", "empty.jpg", "text_file.jpg", "huge.png")
@@ -60,16 +63,17 @@ def test_hf_models_through_the_bulk_path(ray_local, tmp_path, images, kind):
             classify(str(images), model, str(tmp_path / "out"), other)
 
 
-def test_caption_zero_shot_on_alt_text(ray_local, tmp_path):
-    from raycls.bulk.pipeline import classify
-
+def test_caption_zero_shot_on_alt_text_through_the_cli(ray_local, tmp_path):
     texts = ["a photo of a dog", None, "a small bird on a branch", "", "my cat", "a dog"]
     table = pa.table({"image": [image_bytes(i) for i in range(5)] + [b"broken"], "alt": texts})
     pq.write_table(table, tmp_path / "in.parquet")
-    config = ClassifyConfig(model_kind="caption", labels=",".join(LABELS), text_column="alt",
-                            raw_scores=True, top_k=2, batch_size=4)  # fmt: skip
-    summary = classify(str(tmp_path / "in.parquet"), DEFAULT_TEXT_ENCODER, str(tmp_path / "out"),
-                       config)  # fmt: skip
+    args = ["classify", str(tmp_path / "in.parquet"), "--model", DEFAULT_TEXT_ENCODER,
+            "--model-kind", "caption", "--labels", ",".join(LABELS), "--text-column", "alt",
+            "--raw-scores", "--top-k", "2", "--batch-size", "4",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
     assert (summary["ok"], summary["error"]) == (3, 3)
     rows = read_output(tmp_path / "out").to_pylist()
     assert [r["label"] for r in rows] == ["dog", None, "bird", None, "cat", None]
