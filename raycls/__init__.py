@@ -17,6 +17,7 @@ __all__ = [
     "fit",
     "load_config",
     "load_model",
+    "load_predictor",
     "run_sweep",
 ]
 
@@ -31,5 +32,6 @@ __getattr__ = lazy_exports(
         "evaluate": "train.evaluation",
         "run_sweep": "tune.sweep",
         "load_model": "models",
+        "load_predictor": "models.predictor",
     },
 )

@@ -22,6 +22,8 @@ TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+# What `--model` holds; see raycls.models.predictor. "auto" reads it from the model's config.
+MODEL_KINDS = ("auto", "raycls", "hf-classifier", "zero-shot", "caption")
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
@@ -179,6 +181,11 @@ class ClassifyConfig:
     trust_remote_code: bool = False
     # Images reach the captioner as RGB squares of this side (its processor resizes further).
     caption_image_size: int = 384
+    model_kind: str = "auto"
+    # Zero-shot and caption models: "cat,dog,..." or a labels YAML (raycls.models.labels).
+    labels: str | None = None
+    # Keep cosine similarities (zero-shot) or logits instead of softmax scores.
+    raw_scores: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str) and self.captioner.lower() in ("", "none", "null"):
@@ -188,6 +195,7 @@ class ClassifyConfig:
             _check_range("classify", name, getattr(self, name), 1)
         _check_range("classify", "caption_image_size", self.caption_image_size, 16)
         _check_range("classify", "max_pixels", self.max_pixels, 1)
+        _check_choice("classify", "model_kind", self.model_kind, MODEL_KINDS)
         for name in ("classify_actors", "caption_actors"):
             if getattr(self, name) is not None:
                 _check_range("classify", name, getattr(self, name), 1)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from tiny_models import make_tiny_bert
 
 from raycls.config import Config, ModelConfig, load_config
+from raycls.io.storage import get_filesystem
 
 LABELS = ["cat", "dog", "bird"]
 SMALL = {"image_size": 32, "hidden_dim": 32}
@@ -83,3 +85,15 @@ def check_rows(table: pa.Table, key: str) -> None:
         else:
             assert row["status"] == "error" and row["error"] and row["label"] is None
     assert table.column_names[0] == key
+
+
+def object_names(uri: str) -> set[str]:
+    """The objects under `uri`, as paths relative to it."""
+    fs, base = get_filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return {i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File}
+
+
+def tiny_config(**train) -> Config:
+    """Image-only settings on a 0.4M-parameter backbone: small checkpoints."""
+    return image_only(**train).replace(model={"backbone": "shufflenet_v2_x0_5"})

@@ -18,8 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_classify import make_model, write_images
-from test_object_store import _names, _tiny
+from helpers import make_model, object_names, tiny_config, write_images
 
 from raycls.bulk.output import MANIFEST, PART
 from raycls.demo.datasets import make_dataset
@@ -85,7 +84,7 @@ def images(tmp_path_factory) -> tuple[Path, str]:
 
 
 def _parts(uri: str) -> list[str]:
-    return sorted(n for n in _names(uri) if PART.match(n))
+    return sorted(n for n in object_names(uri) if PART.match(n))
 
 
 def _wait_for_parts(uri: str, job: subprocess.Popen, at_least: int = 1) -> list[str]:
@@ -108,7 +107,7 @@ def _finish(job: subprocess.Popen, timeout: float = 600) -> dict:
 
 def _check_exactly_once(uri: str, folder: Path) -> None:
     """Every input image in exactly one row of exactly one part file; nothing else there."""
-    names = _names(uri)
+    names = object_names(uri)
     parts = _parts(uri)
     assert names == {MANIFEST, *parts}  # no temporary or duplicate files
     assert len(parts) == IMAGES // SHARD_SIZE
@@ -162,14 +161,14 @@ def shapes(tmp_path_factory) -> tuple[Path, Path]:
     """The shapes data set at 32 px, and a YAML of test_object_store's tiny model settings."""
     root = tmp_path_factory.mktemp("faults-shapes")
     make_dataset("shapes", root / "data", per_class=4, size=32)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(_tiny().to_dict()))
+    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_config().to_dict()))
     return root / "data", root / "tiny.yaml"
 
 
 def _wait_for(uri: str, job: subprocess.Popen, found) -> set[str]:
     """Poll the bucket until `found(names)` holds; the job must still run."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not found(names := _names(uri)):
+    while not found(names := object_names(uri)):
         if job.poll() is not None:
             pytest.fail(f"the job ended before the fault: {job.communicate()[1][-3000:]}")
         if time.monotonic() > deadline:

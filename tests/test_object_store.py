@@ -8,29 +8,16 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import image_only, make_model, write_images
+from helpers import make_model, object_names, tiny_config, write_images
 
 from raycls.bulk.output import MANIFEST, OutputDir, part_name, result_schema
-from raycls.config import ClassifyConfig, Config, load_config
+from raycls.config import ClassifyConfig, load_config
 from raycls.demo.datasets import make_dataset
 from raycls.io.storage import copy_dir, get_filesystem
 from raycls.tune.results import TERMINATED
-
-
-def _names(uri: str) -> set[str]:
-    """The objects under `uri`, as paths relative to it."""
-    fs, base = get_filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    return {i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File}
-
-
-def _tiny(**train) -> Config:
-    """Image-only settings on a 0.4M-parameter backbone: small checkpoints."""
-    return image_only(**train).replace(model={"backbone": "shufflenet_v2_x0_5"})
 
 
 def _read(uri: str) -> pa.Table:
@@ -53,7 +40,7 @@ def trained(ray_local, s3, shapes) -> dict:
     """One epoch of a tiny image-only model on 1 worker, data and --out in the bucket."""
     from raycls.train.trainer import fit
 
-    config = _tiny(epochs=1, num_workers=1)
+    config = tiny_config(epochs=1, num_workers=1)
     out = f"{s3}/train"
     result = fit(config, f"{shapes}/train", out, val_data=f"{shapes}/val")
     return {"config": config, "out": out, "result": result}
@@ -88,7 +75,7 @@ def test_a_shard_that_fails_mid_write_is_never_committed(s3, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         out.write_shard(0, table)
     monkeypatch.undo()
-    assert _names(out.uri) == {MANIFEST}
+    assert object_names(out.uri) == {MANIFEST}
     assert out.prepare(manifest, overwrite=False) == set()  # a rerun redoes shard 0
     out.write_shard(0, table)
     assert out.prepare(manifest, overwrite=False) == {0}
@@ -100,7 +87,7 @@ def test_train_writes_model_and_checkpoints_to_the_bucket(trained, shapes):
 
     out, result = trained["out"], trained["result"]
     assert result["status"] == "finished" and result["epochs_run"] == 1
-    names = _names(out)
+    names = object_names(out)
     assert {"config.json", "model.safetensors", "metrics.json", "history.json"} <= names
     kept = [n for n in names if n.startswith("ray_train/train/checkpoint_")]
     assert any(n.endswith("/model/model.safetensors") for n in kept), sorted(names)
@@ -118,7 +105,7 @@ def test_classify_from_and_to_the_bucket_writes_each_row_once(s3, trained, tmp_p
     config = ClassifyConfig(shard_size=4, batch_size=4)
     summary = classify(source, model, out, config)
     assert (summary["shards_done"], summary["rows"], summary["ok"]) == (3, 10, 10)
-    assert _names(out) == {MANIFEST, *(part_name(i) for i in range(3))}  # no temp objects
+    assert object_names(out) == {MANIFEST, *(part_name(i) for i in range(3))}  # no temp objects
     expected = [f"{source}/{p.name}" for p in images]
     assert sorted(_read(out).column("path").to_pylist()) == expected
 
@@ -141,7 +128,7 @@ def test_evaluate_a_model_in_the_bucket_into_the_bucket(s3, trained, shapes):
 
     metrics = evaluate(trained["out"], f"{shapes}/val", f"{s3}/report")
     assert metrics["report_dir"] == f"{s3}/report"
-    assert _names(f"{s3}/report") == {METRICS_FILE, "confusion_matrix.png"}
+    assert object_names(f"{s3}/report") == {METRICS_FILE, "confusion_matrix.png"}
     # The same model on the same images as training's own validation pass.
     assert metrics["accuracy"] == pytest.approx(trained["result"]["val_accuracy"])
 
@@ -158,7 +145,7 @@ def test_cli_evaluates_bucket_model_and_data_with_a_config(s3, trained, shapes, 
     result = CliRunner().invoke(cli, ["evaluate", model, data, "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert f"Report: {model}/evaluation" in result.output
-    assert {"evaluation/metrics.json", "evaluation/confusion_matrix.png"} <= _names(model)
+    assert {"evaluation/metrics.json", "evaluation/confusion_matrix.png"} <= object_names(model)
     metrics = read_json(f"{model}/evaluation/metrics.json")
     assert metrics["accuracy"] == pytest.approx(trained["result"]["val_accuracy"])
     assert metrics["bad_count"] == 0
@@ -172,7 +159,7 @@ def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes
     from raycls.tune.sweep import SETTINGS_FILE, run_sweep
 
     out = f"{s3}/sweep"
-    args = (_tiny(), f"{shapes}/train", f"{shapes}/val", out)
+    args = (tiny_config(), f"{shapes}/train", f"{shapes}/val", out)
     kwargs = {
         "max_concurrent": 2,
         "epochs": 1,
@@ -182,7 +169,7 @@ def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes
     }
     summary = run_sweep(*args, num_samples=2, **kwargs)
 
-    names = _names(out)
+    names = object_names(out)
     expected = {"results.parquet", "results.csv", "val_metric_per_epoch.png", "summary.json",
                 "best_config.yaml", SETTINGS_FILE, "best_model/config.json",
                 "best_model/model.safetensors"}  # fmt: skip
@@ -195,7 +182,7 @@ def test_sweep_writes_results_and_best_model_to_the_bucket(ray_local, s3, shapes
     assert summary["best_config"] == f"{out}/best_config.yaml"
     # `raycls train --config s3://.../best_config.yaml` reads the winner back from the bucket.
     best_config = load_config(summary["best_config"])
-    assert best_config.model == _tiny().model and best_config.train.epochs == 1
+    assert best_config.model == tiny_config().model and best_config.train.epochs == 1
     for trial_id in table["trial_id"]:
         assert {f"trials/{trial_id}/starts.txt", f"trials/{trial_id}/done.json"} <= names
 
@@ -215,7 +202,7 @@ def test_storage_helpers_on_the_bucket(s3, tmp_path):
     (tmp_path / "m" / "sub").mkdir(parents=True)
     (tmp_path / "m" / "sub" / "a.bin").write_bytes(b"a")
     storage.copy_dir(str(tmp_path / "m"), f"{s3}/copy")
-    assert _names(f"{s3}/copy") == {"sub/a.bin"}
+    assert object_names(f"{s3}/copy") == {"sub/a.bin"}
     with storage.local_copy(f"{s3}/copy") as folder:
         assert (Path(folder) / "sub" / "a.bin").read_bytes() == b"a"
     assert not Path(folder).exists()  # a bucket's copy is gone after the block

@@ -8,7 +8,7 @@ import logging
 
 import pyarrow.parquet as pq
 import pytest
-from test_classify import make_model, write_images
+from helpers import make_model, write_images
 
 from raycls.bulk.output import MANIFEST
 from raycls.config import ClassifyConfig

@@ -75,34 +75,41 @@ def test_the_callers_setting_turns_remote_code_on(planted):
 
 
 def test_classify_actor_follows_only_the_users_setting(planted):
+    from raycls.bulk.pipeline import model_spec
     from raycls.bulk.stages import ClassifyStage
+    from raycls.config import ClassifyConfig
 
     model_dir, marker = planted
     with pytest.raises(ValueError, match=SETTINGS_NAMED):
         ClassifyStage(model_dir, top_k=1)
+    with pytest.raises(ValueError, match=SETTINGS_NAMED):
+        ClassifyStage(model_spec(model_dir, ClassifyConfig()).to_dict(), top_k=1)
     assert not marker.exists()
-    ClassifyStage(model_dir, top_k=1, trust_remote_code=True)
+    trusted = model_spec(model_dir, ClassifyConfig(trust_remote_code=True))
+    ClassifyStage(trusted.to_dict(), top_k=1)
     assert marker.exists()
 
 
 def test_evaluate_follows_only_the_users_setting(planted, tmp_path):
     from click.testing import CliRunner
+    from helpers import write_images
 
     from raycls.cli import cli
     from raycls.train.evaluation import evaluate
 
     model_dir, marker = planted
+    data = tmp_path / "data"
+    write_images(data / "unknown-class", 1)
     with pytest.raises(ValueError, match="--trust-remote-code"):
-        evaluate(model_dir, str(tmp_path / "no-data"))
+        evaluate(model_dir, str(data))
     assert not marker.exists()
-    result = CliRunner().invoke(cli, ["evaluate", model_dir, str(tmp_path / "no-data")])
+    result = CliRunner().invoke(cli, ["evaluate", model_dir, str(data)])
     assert result.exit_code == 1 and "--trust-remote-code" in result.output
     assert not marker.exists()
-    # With the flag the model loads (its code runs); then the missing data stops it.
-    result = CliRunner().invoke(
-        cli, ["evaluate", model_dir, str(tmp_path / "no-data"), "--trust-remote-code"]
-    )
+    # With the flag the model loads (its code runs); then the data's unknown class stops it.
+    result = CliRunner().invoke(cli, ["evaluate", model_dir, str(data), "--trust-remote-code"])
     assert result.exit_code == 1 and "--trust-remote-code" not in result.output
+    assert "unknown-class" in result.output
     assert marker.exists()
 
 

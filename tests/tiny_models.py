@@ -133,4 +133,83 @@ def make_tiny_captioner(path: str | Path, image_size: int = 32, seed: int = 0) -
     config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
     torch.manual_seed(seed)
     BlipForConditionalGeneration(config).save_pretrained(path)
+
+
+def make_tiny_causal_lm(path: str | Path, seed: int = 0) -> str:
+    """make_tiny_gpt2 with its language-model head (`AutoModelForCausalLM` loads it)."""
+    from transformers import GPT2LMHeadModel
+
+    make_tiny_gpt2(path, seed=seed)
+    config = GPT2Config.from_pretrained(path)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return str(path)
+
+
+def _tiny_vision(image_size: int) -> dict:
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": image_size, "patch_size": 8}  # fmt: skip
+
+
+def _image_processor(cls_name: str, image_size: int, crop: bool):
+    import transformers
+
+    cls = getattr(transformers, cls_name)
+    if crop:  # CLIP's way: shorter side to size, then a centre crop
+        return cls(size={"shortest_edge": image_size}, crop_size=image_size)
+    return cls(size={"height": image_size, "width": image_size})
+
+
+def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> str:
+    """A 2-layer CLIP (hidden 32) with a CLIP image processor and make_tiny_bert's tokenizer.
+
+    The text tower pools at the [SEP] token that tokenizer ends every text with.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    path = Path(path)
+    make_tiny_bert(path)
+    (path / "model.safetensors").unlink()
+    (path / "config.json").unlink()
+    vocab = len((path / "vocab.txt").read_text().split())
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "vocab_size": vocab, "max_position_embeddings": 64,
+            "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}  # fmt: skip
+    config = CLIPConfig(text_config=text, vision_config=_tiny_vision(image_size), projection_dim=16)
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(path)
+    _image_processor("CLIPImageProcessor", image_size, crop=True).save_pretrained(path)
+    return str(path)
+
+
+def make_tiny_siglip(path: str | Path, image_size: int = 32, seed: int = 0) -> str:
+    """A 2-layer SigLIP (hidden 32), squash-resizing processor, make_tiny_bert's tokenizer."""
+    from transformers import SiglipConfig, SiglipModel
+
+    path = Path(path)
+    make_tiny_bert(path)
+    (path / "model.safetensors").unlink()
+    (path / "config.json").unlink()
+    vocab = len((path / "vocab.txt").read_text().split())
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "vocab_size": vocab, "max_position_embeddings": 16,
+            "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}  # fmt: skip
+    config = SiglipConfig(text_config=text, vision_config=_tiny_vision(image_size))
+    torch.manual_seed(seed)
+    SiglipModel(config).save_pretrained(path)
+    _image_processor("SiglipImageProcessor", image_size, crop=False).save_pretrained(path)
+    return str(path)
+
+
+def make_tiny_vit(path: str | Path, labels: list[str], image_size: int = 32, seed: int = 0) -> str:
+    """A 2-layer ViT image classifier (hidden 32) with `labels` as id2label, and its processor."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    path = Path(path)
+    vision = _tiny_vision(image_size)
+    config = ViTConfig(**vision, id2label=dict(enumerate(labels)),
+                       label2id={name: i for i, name in enumerate(labels)})  # fmt: skip
+    torch.manual_seed(seed)
+    ViTForImageClassification(config).save_pretrained(path)
+    _image_processor("ViTImageProcessor", image_size, crop=False).save_pretrained(path)
     return str(path)

@@ -14,11 +14,34 @@ from raycls.cli_common import (
     overrides_argument,
     setting,
 )
+from raycls.config import MODEL_KINDS
+
+MODEL_HELP = (
+    "A `raycls train` directory; a Hugging Face image classifier or image-text model (CLIP, "
+    "SigLIP) as folder or hub id; or a text encoder with --model-kind caption."
+)
 
 
 @click.command("classify")
 @click.argument("input")
-@click.option("--model", "model_dir", required=True, help="Model directory from `raycls train`.")
+@click.option("--model", "model_dir", required=True, help=MODEL_HELP)
+@setting(
+    "--model-kind",
+    key="classify.model_kind",
+    type=click.Choice(MODEL_KINDS),
+    help="What --model holds (auto: told from its config.json); caption: a text encoder "
+    "comparing alt-text or captions with the labels.",
+)
+@setting(
+    "--labels",
+    key="classify.labels",
+    help="Zero-shot labels: cat,dog,... or a labels.yaml (descriptions, prompt templates).",
+)
+@setting(
+    "--raw-scores/--softmax-scores",
+    key="classify.raw_scores",
+    help="Keep raw similarities (zero-shot) or logits instead of softmax scores.",
+)
 @click.option("--out", "out_dir", required=True, help="Output folder or URI (s3://, gs://).")
 @setting(
     "--captioner",

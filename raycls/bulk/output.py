@@ -40,7 +40,9 @@ def part_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
 
 
-def model_fingerprint(model_dir: str) -> dict[str, Any]:
+def model_fingerprint(
+    model_dir: str, names: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)
+) -> dict[str, Any]:
     """Identity of a saved model: a hash of config.json and of the weights' size, head and tail.
 
     Cheap on multi-GB weights (reads 2 MiB) yet changes whenever a model is retrained.
@@ -48,7 +50,7 @@ def model_fingerprint(model_dir: str) -> dict[str, Any]:
     fs, base = get_filesystem(model_dir)
     base = base.rstrip("/")
     digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
+    for name in names:
         path = f"{base}/{name}"
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:

@@ -22,7 +22,6 @@ from raycls.bulk.output import (
     OutputDir,
     ShardCollector,
     count_statuses,
-    model_fingerprint,
     result_schema,
 )
 from raycls.bulk.sizing import PoolSize, StageNeeds, plan_pools
@@ -31,7 +30,7 @@ from raycls.config import ClassifyConfig
 from raycls.io.inputs import plan_shards
 from raycls.io.shards import Shard, split_shard
 from raycls.io.storage import get_filesystem, is_remote, redact
-from raycls.models.files import CONFIG_FILE
+from raycls.models.predictor import ModelSpec, model_identity, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +62,10 @@ def classify(
     from raycls.cluster.runtime import init_ray
 
     started = time.perf_counter()
+    spec = model_spec(model_dir, config)  # a wrong model or labels fail before Ray starts
     shards = plan_shards(input, config.shard_size, text_column=config.text_column)
     out = OutputDir(out_dir)
-    manifest = _manifest(input, model_dir, shards, config)
+    manifest = _manifest(input, spec, shards, config)
     done = out.prepare(manifest, overwrite=overwrite)
     pending = [s for s in shards if s.index not in done]
     logger.info(
@@ -80,7 +80,7 @@ def classify(
         warn_if_local_on_multinode(out_dir)
         pools = pool_sizes(config)
         logger.info("classify: actor pools %s", pools)
-        run = _run(pending, model_dir, out, config, _key_name(shards), pools)
+        run = _run(pending, spec, out, config, _key_name(shards), pools)
         rows, repeated, first_rows_at = run["counts"], run["repeated"], run["first_rows_at"]
         first_rows_s = None if first_rows_at is None else round(first_rows_at - started, 2)
     elapsed = time.perf_counter() - started
@@ -113,9 +113,16 @@ def classify(
     return summary
 
 
+def model_spec(model_dir: str, config: ClassifyConfig) -> ModelSpec:
+    """The model `--model` names, with its kind and labels as `config` gives them."""
+    c = config
+    return resolve_model(model_dir, kind=c.model_kind, labels=c.labels, raw_scores=c.raw_scores,
+                         trust_remote_code=c.trust_remote_code)  # fmt: skip
+
+
 def build_dataset(
     shards: list[Shard],
-    model_dir: str,
+    model: str | ModelSpec,
     config: ClassifyConfig,
     pools: list[PoolSize] | None = None,
 ) -> Any:
@@ -131,20 +138,20 @@ def build_dataset(
     from raycls.bulk.stages import CaptionStage, ClassifyStage, decode_rows, read_shards
 
     c = config
+    spec = model if isinstance(model, ModelSpec) else model_spec(model, config)
     pools = pools or pool_sizes(config)
     actors = [
         _actor(CaptionStage, (c.captioner,), c.cpus_per_caption_actor,
                c.gpus_per_caption_actor, c.caption_batch_size, prompt=c.caption_prompt,
                max_new_tokens=c.max_new_tokens, trust_remote_code=c.trust_remote_code),
-        _actor(ClassifyStage, (model_dir,), c.cpus_per_classify_actor,
-               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k,
-               trust_remote_code=c.trust_remote_code),
+        _actor(ClassifyStage, (spec.to_dict(),), c.cpus_per_classify_actor,
+               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k),
     ][0 if c.captioner else 1 :]  # fmt: skip
     fused = actors[0]["num_gpus"] is None
     prep_cpus = actors[0]["num_cpus"] if fused else 1.0
     read_kwargs = {"image_column": c.image_column, "text_column": c.text_column,
                    "id_column": c.id_column}  # fmt: skip
-    decode_kwargs = {"size": _image_size(model_dir), "max_pixels": c.max_pixels,
+    decode_kwargs = {"size": spec.image.size, "max_pixels": c.max_pixels,
                      "caption_size": c.caption_image_size if c.captioner else None,
                      "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
     # Read tasks of a few batches each: actors share big shards and finish together.
@@ -209,19 +216,19 @@ def _pool(pool: PoolSize, in_flight: int | None = None) -> Any:
 
 def _run(
     shards: list[Shard],
-    model_dir: str,
+    spec: ModelSpec,
     out: OutputDir,
     config: ClassifyConfig,
     key_name: str,
     pools: list[PoolSize],
 ) -> dict[str, Any]:
     """Run the Ray Dataset and commit its results (see `commit_results`)."""
-    ds = build_dataset(shards, model_dir, config, pools)
+    ds = build_dataset(shards, spec, config, pools)
     # No prefetching: with it, Ray Data held finished result blocks back until more were
     # ready (2,000 images: first rows at the driver 11.6 s in instead of 9.0 s, a task's
     # length late), which delays every shard's commit. Result blocks are small to fetch.
     batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-    return commit_results(batches, shards, out, key_name, redact(model_dir))
+    return commit_results(batches, shards, out, key_name, redact(spec.source))
 
 
 def commit_results(
@@ -272,12 +279,13 @@ def _describe(pools: list[PoolSize], config: ClassifyConfig) -> dict[str, dict[s
 
 
 def _manifest(
-    input: str, model_dir: str, shards: list[Shard], config: ClassifyConfig
+    input: str, model: str | ModelSpec, shards: list[Shard], config: ClassifyConfig
 ) -> dict[str, Any]:
+    spec = model if isinstance(model, ModelSpec) else model_spec(model, config)
     plan = json.dumps([s.to_dict() for s in shards], sort_keys=True).encode()
     identity = {
         "input": redact(input) if is_remote(input) else get_filesystem(input)[1],
-        "model_sha256": model_fingerprint(model_dir)["sha256"],
+        **model_identity(spec),
         "input_listing_sha256": hashlib.sha256(plan).hexdigest(),
     }
     identity.update({name: getattr(config, name) for name in IDENTITY_SETTINGS})
@@ -286,7 +294,7 @@ def _manifest(
     return {
         "format": 1,
         "identity": identity,
-        "model_dir": redact(model_dir),
+        "model_dir": redact(spec.source),
         "shards": len(shards),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": False,
@@ -296,11 +304,3 @@ def _manifest(
 def _key_name(shards: list[Shard]) -> str:
     """`id` for Parquet input (ids or file#row), `path` for image files and tar samples."""
     return "id" if shards and shards[0].kind == "parquet" else "path"
-
-
-def _image_size(model_dir: str) -> int:
-    fs, base = get_filesystem(model_dir)
-    with fs.open_input_stream(f"{base.rstrip('/')}/{CONFIG_FILE}") as f:
-        data = json.loads(f.read())
-    section = data.get("model", data) if isinstance(data.get("model"), dict) else data
-    return int(section.get("image_size", 128))

@@ -169,27 +169,27 @@ class CaptionStage:
 
 
 class ClassifyStage:
-    """Actor: loads the fused model once, returns the small result columns (no pixels)."""
+    """Actor: loads the model once, returns the small result columns (no pixels).
+
+    `model`: a `raycls.models.predictor.ModelSpec` as a dict (any kind: fused, HF, zero-shot),
+    or the path of a model with labels of its own.
+    """
 
     def __init__(
         self,
-        model_dir: str,
+        model: dict[str, Any] | str,
         *,
         top_k: int,
-        trust_remote_code: bool = False,
         batch_size: int = 64,
         num_cpus: float = 1.0,
         use_gpu: bool = False,
     ) -> None:
-        from raycls.io.storage import local_copy
-        from raycls.models import load_model, optimize_for_inference
+        from raycls.models.predictor import load_predictor
 
         self.batch_size = batch_size
         self.device = _torch_setup(num_cpus, use_gpu)
-        with local_copy(model_dir) as folder:
-            model = load_model(folder, self.device, trust_remote_code=trust_remote_code)
-            self.model = optimize_for_inference(model)
-        self.labels = np.array(self.model.labels, dtype=object)
+        self.predictor = load_predictor(model, self.device)
+        self.labels = np.array(self.predictor.labels, dtype=object)
         self.top_k = min(top_k, len(self.labels))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
@@ -203,33 +203,31 @@ class ClassifyStage:
         labels, scores = np.full(n, None, dtype=object), np.full(n, np.nan, dtype=np.float32)
         top_labels: list[list[str] | None] = [None] * n
         top_scores: list[list[float] | None] = [None] * n
+        status, errors = batch["status"].copy(), batch["error"].copy()
         if len(ok):
             texts = [_text(batch["text"][i]) or _text(captions[i]) for i in ok]
-            probs, idx = self._predict(batch["pixels"][ok], texts)
+            probs, idx, row_errors = self._predict(batch["pixels"][ok], texts)
             for j, i in enumerate(ok):
+                if row_errors[j] is not None:  # e.g. caption zero-shot on a row without text
+                    status[i], errors[i] = "error", row_errors[j]
+                    continue
                 top_labels[i] = self.labels[idx[j]].tolist()
                 top_scores[i] = probs[j].tolist()
                 labels[i], scores[i] = top_labels[i][0], probs[j, 0]
         columns = {name: batch[name] for name in ("key", "shard", "shard_rows", "row")}
         columns.update(label=labels, score=scores, top_k_labels=top_labels)
         columns.update(top_k_scores=top_scores, caption=captions)
-        columns.update(status=batch["status"], error=batch["error"])
+        columns.update(status=status, error=errors)
         return pa.table({name: _arrow(name, columns[name]) for name in RESULT_COLUMNS})
 
     def _predict(
         self, pixels: np.ndarray, texts: list[str | None]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         import torch
 
-        cuda = self.device == "cuda"
-        with torch.inference_mode(), torch.autocast(self.device, torch.bfloat16, enabled=cuda):
-            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-            x = x.float()
-            tokens = self.model.tokenize(texts)
-            tokens = {k: v.to(self.device, non_blocking=True) for k, v in tokens.items()}
-            probs = self.model(x, **tokens).float().softmax(dim=-1)
-            top = probs.topk(self.top_k, dim=-1)
-        return top.values.cpu().numpy(), top.indices.cpu().numpy()
+        scores, errors = self.predictor(pixels, texts)
+        top = torch.from_numpy(np.nan_to_num(scores, nan=-np.inf)).topk(self.top_k, dim=-1)
+        return top.values.numpy(), top.indices.numpy(), errors
 
 
 def _arrow(name: str, values: Any) -> pa.Array:

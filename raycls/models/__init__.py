@@ -1,6 +1,6 @@
-"""The fused CNN + language-model classifier: build, run, save and load it.
-
-Exports resolve on first use (`raycls._lazy`), so `raycls.models.files` imports without torch.
+"""Models: the fused CNN + language-model classifier, the captioner, and predictors for every
+kind of `--model` (raycls, Hugging Face classifiers, zero-shot); `load_predictor` loads one.
+Imports are lazy: `raycls.models.labels` or the CLI's commands load no torch through here.
 """
 
 from raycls._lazy import lazy_exports
@@ -18,6 +18,11 @@ _EXPORTS = {
     "optimize_for_inference": "inference",
     "list_poolings": "text",
     "resolve_text_encoder": "text",
+    "LabelSet": "labels",
+    "load_labels": "labels",
+    "ModelSpec": "predictor",
+    "load_predictor": "predictor",
+    "resolve_model": "predictor",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -27,6 +27,7 @@ from raycls.models.text import TextEncoder, build_text_encoder, resolve_text_enc
 
 logger = logging.getLogger(__name__)
 
+FORMAT_NAME = "raycls-model"  # config.json's "format": what tells a raycls model apart
 FORMAT_VERSION = 1
 
 
@@ -223,7 +224,7 @@ def save_model(model: FusedClassifier, path: str | Path, extra: dict | None = No
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     meta = {
-        "format": "raycls-model",
+        "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "raycls_version": _version(),
         "model": dataclasses.asdict(model.config),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from raycls.cli_common import (
@@ -12,6 +14,7 @@ from raycls.cli_common import (
     overrides_argument,
     setting,
 )
+from raycls.config import MODEL_KINDS
 
 val_option = click.option(
     "--val",
@@ -80,9 +83,21 @@ def train_cmd(
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
+    "--model-kind",
+    type=click.Choice(MODEL_KINDS),
+    default="auto",
+    show_default=True,
+    help="What MODEL_DIR holds, as for `raycls classify --model-kind`.",
+)
+@click.option(
+    "--labels",
+    default=None,
+    help="Zero-shot labels: cat,dog,... or a labels.yaml (default: DATA's class names).",
+)
+@click.option(
     "--trust-remote-code",
     is_flag=True,
-    help="Let the model's text encoder run its own code (only for a model you trust).",
+    help="Let the model run code shipped with it (only for a model you trust).",
 )
 @config_option
 @address_option
@@ -92,6 +107,8 @@ def evaluate_cmd(
     data: str,
     out_dir: str | None,
     batch_size: int,
+    model_kind: str,
+    labels: str | None,
     trust_remote_code: bool,
     config_file: str | None,
     address: str | None,
@@ -102,10 +119,12 @@ def evaluate_cmd(
     DATA is read with the data section's columns and pixel limit (data.image_column=...,
     data.max_pixels=...).
     """
-    from raycls.io.storage import join
+    from raycls.io.storage import is_uri, join
     from raycls.train.evaluation import evaluate, format_report
 
-    out_dir = out_dir or join(model_dir, "evaluation")
+    if out_dir is None:  # beside a model folder; a hub id's report goes to ./evaluation
+        hub_id = not is_uri(model_dir) and not os.path.isdir(model_dir)
+        out_dir = "evaluation" if hub_id else join(model_dir, "evaluation")
     try:
         settings = load_settings(config_file, overrides).data
         metrics = evaluate(
@@ -118,6 +137,8 @@ def evaluate_cmd(
             label_column=settings.label_column,
             text_column=settings.text_column,
             max_pixels=settings.max_pixels,
+            model_kind=model_kind,
+            labels=labels,
             trust_remote_code=trust_remote_code,
         )
     except (ValueError, FileNotFoundError) as error:

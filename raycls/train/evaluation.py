@@ -8,6 +8,7 @@ of images use `raycls classify`, which runs the model itself on the cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import Iterator
@@ -21,8 +22,9 @@ from raycls.config import DEFAULT_MAX_PIXELS
 from raycls.io.images import decode_batch
 from raycls.io.inputs import load_labeled, shard_dataset
 from raycls.io.shards import read_shard
-from raycls.io.storage import is_remote, join, local_copy, write_bytes, write_json
-from raycls.models import load_model, optimize_for_inference
+from raycls.io.storage import is_remote, join, write_bytes, write_json
+from raycls.models.labels import LabelSet, load_labels
+from raycls.models.predictor import ZERO_SHOT_KINDS, load_predictor, resolve_model
 from raycls.train.metrics import (
     classification_metrics,
     confusion,
@@ -52,6 +54,8 @@ def evaluate(
     label_column: str = "label",
     text_column: str | None = "text",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    model_kind: str = "auto",
+    labels: str | LabelSet | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, top-5 (over 5 classes), macro precision/recall/F1 and per-class figures.
@@ -60,22 +64,23 @@ def evaluate(
         data: labelled data laid out as for training (ImageFolder or Parquet with labels).
         out_dir: where metrics.json and confusion_matrix.png go; None writes nothing.
         address: run reading and decoding on this Ray cluster instead of in-process.
-        trust_remote_code: let the model's text encoder run its own code (its folder's
-            setting never does).
+        model_kind, labels: as `raycls classify` takes them (`raycls.models.predictor`); a
+            zero-shot or caption model without `labels` chooses among the data's class names.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with local_copy(model_dir) as folder:
-        model = load_model(folder, device, trust_remote_code=trust_remote_code)
-        model = optimize_for_inference(model)
-    classes = model.labels
     columns = {
         "image_column": image_column,
         "label_column": label_column,
         "text_column": text_column,
     }
     shards, data_classes = load_labeled(data, **columns)
+    spec = _spec(model_dir, model_kind, labels, trust_remote_code, data_classes)
+    model = load_predictor(spec, device)
+    classes = model.labels
     unknown = sorted(set(data_classes) - set(classes))
     if unknown:
+        if spec.kind in ZERO_SHOT_KINDS:
+            raise ValueError(f"{data!r} has class(es) {unknown} not among the --labels {classes}")
         raise ValueError(
             f"{data!r} has class(es) {unknown} that the model in {model_dir!r} was not trained "
             f"on; the model knows: {classes}"
@@ -83,19 +88,19 @@ def evaluate(
     index = {name: i for i, name in enumerate(classes)}
     labels, scores, bad = [], [], []
     read = {**columns, "labeled_root": data}
-    decode = {"size": model.config.image_size, "max_pixels": max_pixels}
+    decode = {"size": spec.image.size, "max_pixels": max_pixels}
     for batch in _batches(shards, read, decode, batch_size, address):
         ok = batch["status"] == "ok"
         bad += [f"{k}: {e}" for k, e in zip(batch["key"][~ok], batch["error"][~ok], strict=True)]
         known = np.array([lab in index for lab in batch["label"]], dtype=bool) & ok
         if not known.any():
             continue
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][known]))
-        inputs = model.tokenize(list(batch["text"][known]))
-        with torch.no_grad():
-            logits = model(pixels.to(device), **{k: v.to(device) for k, v in inputs.items()})
-        scores.append(torch.softmax(logits.float(), 1).cpu().numpy())
-        labels.append(np.array([index[lab] for lab in batch["label"][known]]))
+        probs, errors = model(batch["pixels"][known], [_text(t) for t in batch["text"][known]])
+        failed = np.array([e is not None for e in errors], dtype=bool)
+        keys = batch["key"][known]
+        bad += [f"{k}: {e}" for k, e, f in zip(keys, errors, failed, strict=True) if f]
+        scores.append(probs[~failed])
+        labels.append(np.array([index[lab] for lab in batch["label"][known][~failed]]))
     if bad:
         logger.warning(
             "%d images cannot be read and are skipped, e.g.\n  %s",
@@ -117,6 +122,7 @@ def evaluate(
         bad_count=len(bad),
         bad_examples=bad[:BAD_EXAMPLES],
         model_dir=str(model_dir),
+        model_kind=spec.kind,
         data=str(data),
     )
     if out_dir is not None:
@@ -128,6 +134,25 @@ def evaluate(
         write_json(join(out, METRICS_FILE), metrics)
         metrics["report_dir"] = out
     return metrics
+
+
+def _spec(
+    model_dir: str,
+    kind: str,
+    labels: str | LabelSet | None,
+    trust_remote_code: bool,
+    data_classes: list[str],
+) -> Any:
+    spec = resolve_model(model_dir, kind=kind, labels=labels, trust_remote_code=trust_remote_code,
+                         labels_optional=True)  # fmt: skip
+    if spec.kind in ZERO_SHOT_KINDS and spec.labels is None:
+        logger.info("zero-shot labels: the data's classes %s", data_classes)
+        spec = dataclasses.replace(spec, labels=load_labels(",".join(data_classes)))
+    return spec
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _batches(
