@@ -467,6 +467,12 @@ def tune_cmd(
     )
 
 
+from raycls.inspect.commands import explain_cmd, report_cmd  # noqa: E402
+
+cli.add_command(explain_cmd)
+cli.add_command(report_cmd)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="raycls", standalone_mode=True)
