@@ -368,7 +368,9 @@ def evaluate_cmd(
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     click.echo(format_report(metrics))
-    click.echo(f"\nReport: {metrics['report_dir']} (metrics.json, confusion_matrix.png)")
+    click.echo(
+        f"\nReport: {metrics['report_dir']} (report.html, metrics.json, confusion_matrix.png)"
+    )
 
 
 @cli.command("tune")

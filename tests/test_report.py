@@ -4,6 +4,7 @@ headless Chromium when it is installed."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,15 +13,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from raycls.bulk.output import OutputDir, result_schema
 from raycls.cli import cli
+from raycls.config import ModelConfig
+from raycls.demo.datasets import make_dataset
 from raycls.inspect import page
+from raycls.inspect.evaluation import EVALUATION_PAGE, confused_pairs
 from raycls.inspect.fetch import fetch_images
 from raycls.inspect.report import _pattern, write_report
 from raycls.inspect.report_page import SECTIONS
+from raycls.models import build_model, save_model
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:
@@ -171,3 +177,32 @@ def test_report_renders_in_headless_chromium(tmp_path):
     broken.write_text(page.document("t", [page.section("a", "A", '<img src="gone.png" alt="x">')]))
     result = check_page(broken, ["a", "b"], tmp_path / "shot2.png")
     assert result["broken_images"] == 1 and result["missing_sections"] == ["b"]
+
+
+def test_confused_pairs_are_the_largest_mistakes():
+    matrix = np.array([[5, 3, 0], [0, 4, 1], [7, 0, 9]])
+    assert confused_pairs(matrix, 2) == [(2, 0, 7), (0, 1, 3)]
+    assert confused_pairs(np.eye(3, dtype=int) * 4) == []
+
+
+def test_evaluate_links_its_page_with_image_pairs(tmp_path):
+    """`raycls evaluate` writes report.html: matrix, and each confused pair as images."""
+    make_dataset("digits", tmp_path / "digits", per_class=1, size=16)
+    config = ModelConfig(fusion="image_only", text_encoder=None, image_size=32, hidden_dim=16)
+    torch.manual_seed(0)
+    save_model(build_model(config, [str(i) for i in range(10)]), tmp_path / "model")
+    data = tmp_path / "digits" / "test"
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(tmp_path / "model"), str(data), "--out", str(tmp_path / "eval")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+    html = (tmp_path / "eval" / EVALUATION_PAGE).read_text()
+    for anchor in ("summary", "confusion", "pairs", "per-class"):
+        assert f'id="{anchor}"' in html
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    t, p, n = confused_pairs(np.array(metrics["confusion_matrix"]), 1)[0]
+    assert f"<h3>{t} → {p}: {n} images</h3>" in html
+    pairs = html[html.index('id="pairs"') : html.index('id="per-class"')]
+    assert len(_images(pairs)) >= 2 and "taken for" in pairs and "a real" in pairs
+    assert all(src.startswith("data:image/jpeg") for src in _images(pairs))

@@ -31,9 +31,15 @@ def _summary(out_dir: str, manifest: dict[str, Any], total: int, ctx: dict) -> s
     return page.table(["", ""], [[page.esc(k), page.esc(v)] for k, v in rows])
 
 
+def _by_count(ctx: dict) -> list[int]:
+    """Label indices, most rows first."""
+    return sorted(range(len(ctx["labels"])), key=lambda i: (-ctx["counts"][i], ctx["labels"][i]))
+
+
 def _scores(ctx: dict) -> str:
     rows = []
-    for i, name in enumerate(ctx["labels"]):
+    for i in _by_count(ctx):
+        name = ctx["labels"][i]
         p10, p50, p90 = ctx["quantiles"][i]
         rows.append(
             [
@@ -64,8 +70,7 @@ def _gallery(ctx: dict) -> str:
     if not ctx["sample"]:
         return '<p class="muted">thumbnails off (--thumbnails 0)</p>'
     parts = []
-    order = sorted(range(len(ctx["labels"])), key=lambda i: (-ctx["counts"][i], ctx["labels"][i]))
-    for label in order:
+    for label in _by_count(ctx):
         high, low = ctx["sample"][label]
         refs = [(int(ctx["files"][i]), int(ctx["rows"][i])) for i in (*high, *low)]
         cards = [_card(ctx, r, "score") for r in refs[: len(high)]]

@@ -75,7 +75,7 @@ def evaluate(
             f"on; the model knows: {classes}"
         )
     index = {name: i for i, name in enumerate(classes)}
-    labels, scores, bad = [], [], []
+    labels, scores, bad, keys = [], [], [], []
     read = {**columns, "labeled_root": data}
     for batch in _batches(shards, read, model.config.image_size, batch_size, address):
         ok = batch["status"] == "ok"
@@ -89,6 +89,7 @@ def evaluate(
             logits = model(pixels.to(device), **{k: v.to(device) for k, v in inputs.items()})
         scores.append(torch.softmax(logits.float(), 1).cpu().numpy())
         labels.append(np.array([index[lab] for lab in batch["label"][known]]))
+        keys.append(batch["key"][known])
     if bad:
         logger.warning(
             "%d images cannot be read and are skipped, e.g.\n  %s",
@@ -119,6 +120,10 @@ def evaluate(
         plot_confusion(matrix, classes, png, title=title)
         write_bytes(join(out, CONFUSION_FILE), png.getvalue())
         write_json(join(out, METRICS_FILE), metrics)
+        from raycls.inspect.evaluation import write_evaluation_page
+
+        keys = np.concatenate(keys)
+        metrics["report_page"] = write_evaluation_page(out, metrics, keys, y, p, image_column)
         metrics["report_dir"] = out
     return metrics
 
