@@ -207,3 +207,11 @@ def test_explain_cli(tiny, tmp_path):
         cli, ["explain", str(tiny["root"] / "model"), str(tmp_path / "nope"), "--out", str(out)]
     )
     assert bad.exit_code != 0 and "nope" in bad.output
+
+
+def test_word_pieces_join_into_words():
+    from raycls.inspect.attribution import _words
+
+    tokens = ["a", "cl", "##utter", "##ed", "Ġdog", "▁sky"]
+    got = _words(tokens, [0.1, 0.5, 0.25, 0.125, 1.0, 2.0])
+    assert got == [("a", 0.1), ("cluttered", 0.875), ("dog", 1.0), ("sky", 2.0)]

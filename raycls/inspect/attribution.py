@@ -141,9 +141,9 @@ def token_attributions(
     target: torch.Tensor,
     top: int = TOP_TOKENS,
 ) -> list[list[tuple[str, float]]]:
-    """Per row, the `top` tokens that raised the `target` logit most, with their integrated-
-    gradients attribution (baseline: every non-special token replaced by padding). Rows without
-    text, and models without a text branch, get []."""
+    """Per row, the `top` words that raised the `target` logit most, with their integrated-
+    gradients attribution summed over their tokens (baseline: every non-special token replaced
+    by padding). Rows without text, and models without a text branch, get []."""
     out: list[list[tuple[str, float]]] = [[] for _ in range(len(target))]
     if model.text is None or "input_ids" not in text:
         return out
@@ -166,12 +166,23 @@ def token_attributions(
                 additional_forward_args=(pixels[i : i + 1], mask, text["has_text"][i : i + 1]),
                 n_steps=IG_STEPS,
             )
-        scores = attr.sum(-1)[0].detach()
-        scores[keep[0] | (mask[0] == 0)] = float("-inf")
-        tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
-        order = [j for j in scores.argsort(descending=True).tolist() if scores[j] > float("-inf")]
-        out[i] = [(tokens[j], float(scores[j])) for j in order[:top]]
+        real = ~keep[0] & (mask[0] == 1)
+        tokens = tokenizer.convert_ids_to_tokens(ids[0][real].tolist())
+        words = _words(tokens, attr.sum(-1)[0][real].detach().tolist())
+        out[i] = sorted(words, key=lambda w: -w[1])[:top]
     return out
+
+
+def _words(tokens: list[str], scores: list[float]) -> list[tuple[str, float]]:
+    """Word pieces joined into words (BERT's "##" continuations), their scores summed; the
+    word-start marks of byte-level and SentencePiece tokenizers dropped."""
+    words: list[tuple[str, float]] = []
+    for token, score in zip(tokens, scores, strict=True):
+        if token.startswith("##") and words:
+            words[-1] = (words[-1][0] + token[2:], words[-1][1] + score)
+        else:
+            words.append((token.lstrip("Ġ▁") or token, score))
+    return words
 
 
 def heat_inside(heat: np.ndarray, mask: np.ndarray) -> float:

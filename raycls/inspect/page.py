@@ -24,6 +24,7 @@ text-align:left;vertical-align:top}th{background:#f6f6f6}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:122px;font-size:.75em}
 .card img,.noimg{width:112px;height:112px;object-fit:contain;background:#eee;display:block}
 .noimg{display:flex;align-items:center;justify-content:center;color:#888;text-align:center}
+td>img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated}
 .cap{color:#555;font-style:italic}.muted{color:#777}svg{display:block}
 """
 
