@@ -87,26 +87,27 @@ def digits(data: str, model_dir: str, n: int, batch: int = 16) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", required=True, help="shapes test split")
-    parser.add_argument("--shapes-model", required=True)
-    parser.add_argument("--digits", required=True, help="digits test split")
-    parser.add_argument("--digits-model", required=True)
+    parser.add_argument("--shapes", help="shapes test split")
+    parser.add_argument("--shapes-model")
+    parser.add_argument("--digits", help="digits test split")
+    parser.add_argument("--digits-model")
     parser.add_argument("--n", type=int, default=270, help="images per data set")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    s = shapes(args.shapes, args.shapes_model, args.n)
-    d = digits(args.digits, args.digits_model, args.n)
+    s = shapes(args.shapes, args.shapes_model, args.n) if args.shapes_model else {}
+    d = digits(args.digits, args.digits_model, args.n) if args.digits_model else {}
     print(f"{'shapes group':<22}{'n':>5}{'text share':>12}{'gate text':>11}{'accuracy':>10}")
     for g, v in s.items():
         print(
             f"{g:<22}{v['n']:>5}{v['text_share']:>12.3f}{v['gate_text_share']:>11.3f}"
             f"{v['accuracy']:>10.3f}"
         )
-    print(
-        f"digits: {d['n']} images; strokes cover {d['stroke_pixels']:.3f} of the pixels; heat "
-        f"on strokes: Grad-CAM {d['gradcam_heat_on_strokes']:.3f}, occlusion "
-        f"{d['occlusion_heat_on_strokes']:.3f}"
-    )
+    if d:
+        print(
+            f"digits: {d['n']} images; strokes cover {d['stroke_pixels']:.3f} of the pixels; "
+            f"heat on strokes: Grad-CAM {d['gradcam_heat_on_strokes']:.3f}, occlusion "
+            f"{d['occlusion_heat_on_strokes']:.3f}"
+        )
     load = os.getloadavg()
     print(f"{time.perf_counter() - started:.0f} s, load {load}")
     print(json.dumps({"shapes": s, "digits": d, "loadavg": list(load)}))
