@@ -110,7 +110,44 @@ def explain(
     with local_copy(model_dir) as folder:
         model = load_model(folder)
     rows = sample_input(source, n, seed=seed, text_column=text_column, image_column=image_column)
-    size = model.config.image_size
+    pixels, errors = _decode(rows, model.config.image_size)
+    keys, texts = rows.column("key").to_pylist(), rows.column("text").to_pylist()
+    out_rows = [
+        {"path": k, "text": t, "method": method, "status": "error", "error": e}
+        for k, t, e in zip(keys, texts, errors, strict=True)
+    ]
+    ok = [i for i, e in enumerate(errors) if e is None]
+    for start in range(0, len(ok), batch_size):
+        idx = ok[start : start + batch_size]
+        batch = _explain_batch(
+            model, torch.from_numpy(pixels[idx]), [texts[i] for i in idx], method
+        )
+        for i, rec in zip(idx, batch, strict=True):
+            overlay = _view(pixels[i], rec.pop("heat"))
+            rec["heatmap"] = None if overlay is None else f"{HEATMAP_DIR}/{i:05d}.png"
+            if overlay is not None:
+                write_bytes(join(out_dir, rec["heatmap"]), page.encode_image(overlay))
+            out_rows[i].update(rec, status="ok")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(out_rows, schema=SCHEMA), sink)
+    write_bytes(join(out_dir, EXPLANATIONS_FILE), sink.getvalue().to_pybytes())
+    inputs = {i: page.data_uri(page.encode_image(_denormalise(pixels[i]))) for i in ok}
+    html = render(out_rows, inputs, model_dir, source, method, model.config.fusion)
+    write_bytes(join(out_dir, PAGE_FILE), html.encode())
+    return {
+        "out": out_dir,
+        "rows": len(out_rows),
+        "ok": len(ok),
+        "error": len(out_rows) - len(ok),
+        "method": method,
+        "seconds": round(time.perf_counter() - started, 2),
+        "page": join(out_dir, PAGE_FILE),
+        "parquet": join(out_dir, EXPLANATIONS_FILE),
+    }
+
+
+def _decode(rows: pa.Table, size: int) -> tuple[np.ndarray, list[str | None]]:
+    """Model inputs [N, 3, size, size] (zeros for bad rows) and each row's error or None."""
     pixels = np.zeros((rows.num_rows, 3, size, size), dtype=np.float32)
 
     def use(i: int, img) -> None:
@@ -123,47 +160,7 @@ def explain(
         max_pixels=DEFAULT_MAX_PIXELS,
         min_size=size,
     )
-    keys, texts = rows.column("key").to_pylist(), rows.column("text").to_pylist()
-    records: list[dict[str, Any]] = []
-    views: dict[int, np.ndarray] = {}
-    ok = [i for i, e in enumerate(errors) if e is None]
-    for start in range(0, len(ok), batch_size):
-        idx = ok[start : start + batch_size]
-        batch = _explain_batch(
-            model, torch.from_numpy(pixels[idx]), [texts[i] for i in idx], method
-        )
-        for i, rec in zip(idx, batch, strict=True):
-            views[i] = _view(pixels[i], rec.pop("heat"))
-            rec["heatmap"] = f"{HEATMAP_DIR}/{i:05d}.png" if views[i] is not None else None
-            records.append({"row": i, **rec})
-    by_row = {r.pop("row"): r for r in records}
-    out_rows = []
-    for i, key in enumerate(keys):
-        base = {"path": key, "text": texts[i], "method": method}
-        if i in by_row:
-            out_rows.append({**base, **by_row[i], "status": "ok", "error": None})
-        else:
-            out_rows.append({**base, "status": "error", "error": errors[i]})
-    for i, overlay in views.items():
-        if overlay is not None:
-            write_bytes(join(out_dir, HEATMAP_DIR, f"{i:05d}.png"), page.encode_image(overlay))
-    table = pa.Table.from_pylist(out_rows, schema=SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_bytes(join(out_dir, EXPLANATIONS_FILE), sink.getvalue().to_pybytes())
-    inputs = {i: page.data_uri(page.encode_image(_denormalise(pixels[i]))) for i in views}
-    html = render(out_rows, inputs, model_dir, source, method, model.config.fusion)
-    write_bytes(join(out_dir, PAGE_FILE), html.encode())
-    return {
-        "out": out_dir,
-        "rows": len(out_rows),
-        "ok": len(by_row),
-        "error": len(out_rows) - len(by_row),
-        "method": method,
-        "seconds": round(time.perf_counter() - started, 2),
-        "page": join(out_dir, PAGE_FILE),
-        "parquet": join(out_dir, EXPLANATIONS_FILE),
-    }
+    return pixels, errors
 
 
 def _explain_batch(
