@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -215,3 +216,21 @@ def test_word_pieces_join_into_words():
     tokens = ["a", "cl", "##utter", "##ed", "Ġdog", "▁sky"]
     got = _words(tokens, [0.1, 0.5, 0.25, 0.125, 1.0, 2.0])
     assert got == [("a", 0.1), ("cluttered", 0.875), ("dog", 1.0), ("sky", 2.0)]
+
+
+def test_sample_input_is_seeded_for_folders_and_takes_the_head_of_parquet(tiny, tmp_path):
+    from raycls.inspect.explain import sample_input
+
+    data = str(tiny["data"])
+    first = sample_input(data, 4, seed=1).column("key").to_pylist()
+    assert first == sample_input(data, 4, seed=1).column("key").to_pylist()
+    assert first != sample_input(data, 4, seed=2).column("key").to_pylist()
+    sample = sample_input(data, 18)
+    texts = dict(zip(sample["key"].to_pylist(), sample["text"].to_pylist(), strict=True))
+    assert len(texts) == 18 and any(t for t in texts.values())  # metadata.parquet's text
+    images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.png"))[:5]]
+    pq.write_table(pa.table({"image": images, "text": list("abcde")}), tmp_path / "x.parquet")
+    head = sample_input(str(tmp_path / "x.parquet"), 3)
+    assert head.column("text").to_pylist() == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="n=0"):
+        sample_input(data, 0)
