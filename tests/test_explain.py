@@ -154,7 +154,29 @@ def test_top_tokens_come_from_the_text_through_a_frozen_encoder(tiny):
     assert len(words) == 3 and set(words) <= {"a", "photo", "of", "red", "car"}
     # Gradients must flow through the frozen encoder: all-zero scores would mean they did not.
     assert any(abs(s) > 0 for _, s in tokens[0])
-    assert model.text.adaptation == "frozen"
+    assert model.text.adaptation == "frozen" and model.backbone is not None
+    # The same integrated gradients straight from captum, rerunning the CNN at every step.
+    from captum.attr import LayerIntegratedGradients
+
+    ids, mask = text["input_ids"][:1], text["attention_mask"][:1]
+    baseline = torch.where(torch.isin(ids, torch.tensor([2, 3])), ids, torch.zeros_like(ids))
+    model.text.adaptation = "full"
+    try:
+        reference = LayerIntegratedGradients(
+            lambda i, px, m, h: model(px, i, m, h), model.text.model.get_input_embeddings()
+        ).attribute(
+            ids,
+            baseline,
+            target=target[:1],
+            n_steps=24,
+            additional_forward_args=(pixels[:1], mask, text["has_text"][:1]),
+        )
+    finally:
+        model.text.adaptation = "frozen"
+    words = model.text.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    expected = dict(zip(words, reference.sum(-1)[0].tolist(), strict=True))
+    for word, score in tokens[0]:
+        assert score == pytest.approx(expected[word], rel=1e-4, abs=1e-6)
 
 
 def test_explain_writes_overlays_parquet_and_page(tiny, tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from raycls.models.classifier import FusedClassifier
 
@@ -134,6 +134,28 @@ def _text_gradients(model: FusedClassifier) -> Iterator[None]:
         text.adaptation = saved
 
 
+class _Given(nn.Module):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+@contextmanager
+def _image_features_once(model: FusedClassifier, pixels: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Yield what to pass as pixels so the image branch is not rerun: integrated gradients
+    on the text runs the model IG_STEPS times on one image, and the CNN would dominate."""
+    backbone = model.backbone
+    if backbone is None:
+        yield pixels
+        return
+    with torch.no_grad():
+        features = backbone(pixels)
+    model.backbone = _Given()
+    try:
+        yield features
+    finally:
+        model.backbone = backbone
+
+
 def token_attributions(
     model: FusedClassifier,
     pixels: torch.Tensor,
@@ -158,12 +180,12 @@ def token_attributions(
         ids, mask = text["input_ids"][i : i + 1], text["attention_mask"][i : i + 1]
         keep = torch.isin(ids, special)
         baseline = torch.where(keep, ids, torch.full_like(ids, tokenizer.pad_token_id))
-        with _text_gradients(model):
+        with _text_gradients(model), _image_features_once(model, pixels[i : i + 1]) as image:
             attr = lig.attribute(
                 ids,
                 baselines=baseline,
                 target=target[i : i + 1],
-                additional_forward_args=(pixels[i : i + 1], mask, text["has_text"][i : i + 1]),
+                additional_forward_args=(image, mask, text["has_text"][i : i + 1]),
                 n_steps=IG_STEPS,
             )
         real = ~keep[0] & (mask[0] == 1)
@@ -189,9 +211,3 @@ def heat_inside(heat: np.ndarray, mask: np.ndarray) -> float:
     """Share of a heat map's total mass that lies where `mask` is true (NaN for no heat)."""
     total = float(heat.sum())
     return float(heat[mask].sum()) / total if total > 0 else float("nan")
-
-
-def upsample(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A [H, W] heat map resized bilinearly to size (height, width)."""
-    t = torch.from_numpy(heat)[None, None].float()
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
