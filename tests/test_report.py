@@ -202,7 +202,7 @@ def test_evaluate_links_its_page_with_image_pairs(tmp_path):
         assert f'id="{anchor}"' in html
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     t, p, n = confused_pairs(np.array(metrics["confusion_matrix"]), 1)[0]
-    assert f"<h3>{t} → {p}: {n} images</h3>" in html
+    assert f"<h3>{t} → {p}: {n} image{'s' if n != 1 else ''}</h3>" in html
     pairs = html[html.index('id="pairs"') : html.index('id="per-class"')]
     assert len(_images(pairs)) >= 2 and "taken for" in pairs and "a real" in pairs
     assert all(src.startswith("data:image/jpeg") for src in _images(pairs))

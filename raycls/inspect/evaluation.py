@@ -69,7 +69,7 @@ def _pairs_html(pairs, examples, keys, probs, classes, thumbs) -> str:
                 page.image_tag(thumbs.get(keys[i]), keys[i], "no image"),
                 [
                     f"{page.esc(classes[t])}, taken for {page.esc(classes[p])} ({probs[i, p]:.2f})",
-                    f'<span class="muted">{page.esc(keys[i])}</span>',
+                    page.short_name(keys[i]),
                 ],
             )
             for i in wrong
@@ -78,14 +78,14 @@ def _pairs_html(pairs, examples, keys, probs, classes, thumbs) -> str:
                 page.image_tag(thumbs.get(keys[i]), keys[i], "no image"),
                 [
                     f"a real {page.esc(classes[p])} ({probs[i, p]:.2f})",
-                    f'<span class="muted">{page.esc(keys[i])}</span>',
+                    page.short_name(keys[i]),
                 ],
             )
             for i in right
         ]
         blocks.append(
-            f"<h3>{page.esc(classes[t])} → {page.esc(classes[p])}: {n} images</h3>"
-            + page.gallery(cards)
+            f"<h3>{page.esc(classes[t])} → {page.esc(classes[p])}: {n} "
+            f"image{'s' if n != 1 else ''}</h3>" + page.gallery(cards)
         )
     return "\n".join(blocks)
 

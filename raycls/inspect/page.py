@@ -21,7 +21,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:.9em}td,th{padding:3px 8px;border:1px solid #e3e3e3;
 text-align:left;vertical-align:top}th{background:#f6f6f6}
 .bar{background:#4a7bd0;height:14px;display:inline-block}.num{text-align:right}
-.gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:122px;font-size:.75em}
+.gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:122px;font-size:.75em;overflow-wrap:anywhere}
 .card img,.noimg{width:112px;height:112px;object-fit:contain;background:#eee;display:block}
 .noimg{display:flex;align-items:center;justify-content:center;color:#888;text-align:center}
 td>img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated}
@@ -119,6 +119,11 @@ def encode_image(im: Image.Image | np.ndarray, fmt: str = "PNG") -> bytes:
 def card(image: str, lines: Sequence[str]) -> str:
     """A gallery card: an image tag and lines of HTML under it."""
     return f'<div class="card">{image}' + "".join(f"<div>{ln}</div>" for ln in lines) + "</div>"
+
+
+def short_name(key: str) -> str:
+    """The last part of a path, URI or `file#row` key, as HTML with the whole key as its title."""
+    return f'<span class="muted" title="{esc(key)}">{esc(key.rsplit("/", 1)[-1])}</span>'
 
 
 def gallery(cards: Sequence[str]) -> str:

@@ -58,7 +58,7 @@ def _card(ctx: dict, ref: tuple[int, int], what: str) -> str:
     key = detail.get("key") or ""
     lines = [
         f"{what} {detail.get('score', 0.0):.3f}" if "score" in detail else what,
-        f'<span class="muted">{page.esc(key.rsplit("/", 1)[-1])}</span>',
+        page.short_name(key),
     ]
     if detail.get("caption"):
         lines.append(f'<span class="cap">{page.esc(detail["caption"])}</span>')
