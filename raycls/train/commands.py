@@ -144,4 +144,6 @@ def evaluate_cmd(
     except (ValueError, FileNotFoundError) as error:
         fail(error)
     click.echo(format_report(metrics))
-    click.echo(f"\nReport: {metrics['report_dir']} (metrics.json, confusion_matrix.png)")
+    click.echo(
+        f"\nReport: {metrics['report_dir']} (report.html, metrics.json, confusion_matrix.png)"
+    )

@@ -86,7 +86,7 @@ def evaluate(
             f"on; the model knows: {classes}"
         )
     index = {name: i for i, name in enumerate(classes)}
-    labels, scores, bad = [], [], []
+    labels, scores, bad, keys = [], [], [], []
     read = {**columns, "labeled_root": data}
     decode = {"size": spec.image.size, "max_pixels": max_pixels}
     for batch in _batches(shards, read, decode, batch_size, address):
@@ -97,10 +97,11 @@ def evaluate(
             continue
         probs, errors = model(batch["pixels"][known], [_text(t) for t in batch["text"][known]])
         failed = np.array([e is not None for e in errors], dtype=bool)
-        keys = batch["key"][known]
-        bad += [f"{k}: {e}" for k, e, f in zip(keys, errors, failed, strict=True) if f]
+        batch_keys = batch["key"][known]
+        bad += [f"{k}: {e}" for k, e, f in zip(batch_keys, errors, failed, strict=True) if f]
         scores.append(probs[~failed])
         labels.append(np.array([index[lab] for lab in batch["label"][known][~failed]]))
+        keys.append(batch_keys[~failed])
     if bad:
         logger.warning(
             "%d images cannot be read and are skipped, e.g.\n  %s",
@@ -132,6 +133,10 @@ def evaluate(
         plot_confusion(matrix, classes, png, title=title)
         write_bytes(join(out, CONFUSION_FILE), png.getvalue())
         write_json(join(out, METRICS_FILE), metrics)
+        from raycls.inspect.evaluation import write_evaluation_page
+
+        keys = np.concatenate(keys)
+        metrics["report_page"] = write_evaluation_page(out, metrics, keys, y, p, image_column)
         metrics["report_dir"] = out
     return metrics
 
