@@ -467,6 +467,12 @@ def tune_cmd(
     )
 
 
+from raycls.serve.commands import export_cmd, serve_cmd  # noqa: E402
+
+cli.add_command(serve_cmd)
+cli.add_command(export_cmd)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="raycls", standalone_mode=True)
