@@ -243,3 +243,17 @@ def test_json_is_plain(model_dir):
     predictor = Predictor(model_dir, ServeSettings(max_batch_size=2, max_ongoing_requests=2))
     rows = predictor.predict(predictor.decode([image_bytes(5), image_bytes(6)], [None, None]))
     assert json.loads(json.dumps(rows))[0]["label"] in ["cat", "dog", "bird"]
+
+
+def test_predictor_captions_images_without_text(model_dir, tmp_path):
+    """With a captioner, rows without text get a caption and the classifier reads it."""
+    from raycls.models.captioner import make_tiny_captioner
+    from raycls.serve.predictor import Predictor
+
+    captioner = make_tiny_captioner(tmp_path / "captioner")
+    settings = ServeSettings(captioner=captioner, max_new_tokens=4, max_batch_size=4,
+                             max_ongoing_requests=4)  # fmt: skip
+    predictor = Predictor(model_dir, settings)
+    rows = predictor.predict(predictor.decode([image_bytes(1), image_bytes(2)], ["a cat", None]))
+    assert rows[0]["caption"] is None and isinstance(rows[1]["caption"], str)
+    assert all(row["status"] == "ok" for row in rows)

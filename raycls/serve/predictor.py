@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raycls.bulk.pipeline import _image_size  # the pixel size classify decodes at
 from raycls.bulk.stages import CaptionStage, ClassifyStage, decode_rows
 from raycls.config import ClassifyConfig
 from raycls.serve.settings import ServeSettings
@@ -24,7 +25,11 @@ CAPTION_IMAGE_SIZE = ClassifyConfig.caption_image_size
 
 
 def load_classifier(model_dir: str, settings: ServeSettings) -> ClassifyStage:
-    """The one place a served model is loaded: anything `raycls classify` can run."""
+    """The one place a served model is loaded: anything `raycls classify` can run.
+
+    What `Predictor` needs of the result: `labels`, and calling it on a decoded batch (the
+    columns `decode_rows` makes) yields result tables with `bulk.stages.RESULT_COLUMNS`.
+    """
     return ClassifyStage(
         model_dir,
         top_k=settings.top_k,
@@ -41,8 +46,8 @@ class Predictor:
         self.settings = settings
         self.model_dir = model_dir
         self.classifier = load_classifier(model_dir, settings)
-        self.labels: list[str] = list(self.classifier.model.labels)
-        self.image_size = int(self.classifier.model.config.image_size)
+        self.labels: list[str] = [str(label) for label in self.classifier.labels]
+        self.image_size = _image_size(model_dir)
         self.captioner = None
         if settings.captioner:
             self.captioner = CaptionStage(
