@@ -114,6 +114,22 @@ def test_settings_and_cli_refuse_bad_values(model_dir, tmp_path):
     assert result.exit_code != 0 and "config.json" in result.output  # before Ray starts
 
 
+def test_deployment_options_fixed_or_autoscaled():
+    from raycls.serve.app import deployment_options
+
+    fixed = deployment_options(ServeSettings(replicas=3, num_gpus=0.5, num_cpus=2))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
+    scaled = deployment_options(ServeSettings(autoscale=(0, 4), max_batch_size=16))
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "initial_replicas": 1,
+        "target_ongoing_requests": 16,
+    }
+
+
 def test_predictor_rows_match_the_bulk_stage(model_dir):
     from raycls.bulk.stages import ClassifyStage, decode_rows
     from raycls.serve.predictor import Predictor
