@@ -110,6 +110,8 @@ def test_settings_and_cli_refuse_bad_values(model_dir, tmp_path):
     short.write_text("abc\n")
     result = runner.invoke(cli, ["serve", model_dir, "--token-file", str(short)])
     assert result.exit_code != 0 and "at least 16" in result.output
+    result = runner.invoke(cli, ["serve", model_dir, "classify.top_k=0"])
+    assert result.exit_code != 0 and "top_k" in result.output
     result = runner.invoke(cli, ["serve", str(tmp_path), "--port", "1"])
     assert result.exit_code != 0 and "config.json" in result.output  # before Ray starts
 

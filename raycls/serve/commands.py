@@ -8,6 +8,9 @@ import time
 import click
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Settings a served model shares with `raycls classify` (the classify section of a config).
+CLASSIFY_SETTINGS = ("top_k", "max_pixels", "captioner", "caption_prompt", "max_new_tokens",
+                     "trust_remote_code")  # fmt: skip
 
 
 @click.command("serve")
@@ -41,15 +44,30 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
     help="Deploy and exit, leaving the app running on the cluster (needs --address).",
 )
 @click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster address.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML settings; its classify section (top_k, max_pixels, captioner...) applies.",
+)
+@click.argument("overrides", nargs=-1)
 def serve_cmd(model_dir: str, autoscale: str | None, token_file: str | None,
               insecure_no_token: bool, detach: bool, address: str | None,
+              config_file: str | None, overrides: tuple[str, ...],
               **options: object) -> None:  # fmt: skip
-    """Serve MODEL_DIR over HTTP: POST /v1/classify, GET /v1/model, GET /healthz."""
+    """Serve MODEL_DIR over HTTP: POST /v1/classify, GET /v1/model, GET /healthz.
+
+    Trailing classify.key=value overrides work as for `raycls classify`.
+    """
+    from raycls.config import load_config
     from raycls.serve.http import read_token_file, token_digest
     from raycls.serve.settings import ServeSettings, parse_autoscale
 
-    given = {k: v for k, v in options.items() if v is not None}
     try:
+        classify = load_config(config_file, overrides).classify
+        given = {name: getattr(classify, name) for name in CLASSIFY_SETTINGS}
+        given.update({k: v for k, v in options.items() if v is not None})
         if autoscale is not None:
             if "replicas" in given:
                 raise ValueError("give --replicas N or --autoscale MIN,MAX, not both")
