@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from raycls.io.images import DEFAULT_MAX_PIXELS
+from raycls.config import ClassifyConfig
 
 LOOPBACK = "127.0.0.1"
 
@@ -27,11 +27,12 @@ class ServeSettings:
     max_ongoing_requests: int = 64  # per replica; more wait in the proxy
     max_body_bytes: int = 32 << 20  # a larger request body gets 413
     max_images: int = 64  # images in one request
-    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, the decompression-bomb guard of io.images
-    top_k: int = 5
+    # Shared with `raycls classify` (its defaults; `raycls serve` reads the classify section).
+    max_pixels: int = ClassifyConfig.max_pixels  # per image: io.images' decompression-bomb guard
+    top_k: int = ClassifyConfig.top_k
     captioner: str | None = None
     caption_prompt: str | None = None
-    max_new_tokens: int = 30
+    max_new_tokens: int = ClassifyConfig.max_new_tokens
     trust_remote_code: bool = False
     # sha256 hex of the bearer token (never the token itself); None: no token needed.
     token_sha256: str | None = None
