@@ -64,6 +64,7 @@ from raycls.cluster.commands import jobs_group, submit_cmd  # noqa: E402
 from raycls.demo.commands import make_dataset_cmd, quickstart_cmd  # noqa: E402
 from raycls.inspect.commands import explain_cmd, report_cmd  # noqa: E402
 from raycls.models.commands import describe_labels_cmd  # noqa: E402
+from raycls.serve.commands import export_cmd, serve_cmd  # noqa: E402
 from raycls.train.commands import evaluate_cmd, train_cmd  # noqa: E402
 from raycls.tune.commands import tune_cmd  # noqa: E402
 
@@ -78,6 +79,8 @@ cli.add_command(jobs_group)
 cli.add_command(describe_labels_cmd)
 cli.add_command(explain_cmd)
 cli.add_command(report_cmd)
+cli.add_command(serve_cmd)
+cli.add_command(export_cmd)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

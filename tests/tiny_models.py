@@ -133,6 +133,7 @@ def make_tiny_captioner(path: str | Path, image_size: int = 32, seed: int = 0) -
     config = BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
     torch.manual_seed(seed)
     BlipForConditionalGeneration(config).save_pretrained(path)
+    return str(path)
 
 
 def make_tiny_causal_lm(path: str | Path, seed: int = 0) -> str:
