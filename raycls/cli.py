@@ -254,6 +254,9 @@ def jobs_stop_cmd(job_id: str, address: str | None) -> None:
     help="Input rows per output Parquet file.",
 )
 @click.option("--overwrite", is_flag=True, help="Delete results of a different earlier run.")
+@click.option(
+    "--retry-errors", is_flag=True, help="Redo the error rows of OUT_DIR (and any missing shards)."
+)
 @config_option
 @address_option
 @overrides_argument
@@ -262,6 +265,7 @@ def classify_cmd(
     model_dir: str,
     out_dir: str,
     overwrite: bool,
+    retry_errors: bool,
     config_file: str | None,
     address: str | None,
     overrides: tuple[str, ...],
@@ -279,8 +283,9 @@ def classify_cmd(
     given = {names.get(k, k): v for k, v in options.items() if v is not None}
     try:
         config = load_config(config_file, overrides, classify=given).classify
-        summary = classify(input, model_dir, out_dir, config, overwrite=overwrite, address=address)
-    except (ValueError, FileNotFoundError) as error:
+        summary = classify(input, model_dir, out_dir, config, overwrite=overwrite,
+                           retry_errors=retry_errors, address=address)  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(error)
     click.echo(json.dumps(summary, indent=2))
 

@@ -20,6 +20,8 @@ POOLINGS = ("mean", "cls", "last")
 TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# Bigger input files (images, tar members) become error rows instead of being read.
+DEFAULT_MAX_FILE_BYTES = 256 * 2**20
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
@@ -160,6 +162,7 @@ class ClassifyConfig:
     trust_remote_code: bool = False
     # Images reach the captioner as RGB squares of this side (its processor resizes further).
     caption_image_size: int = 384
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # per image file or tar member
 
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str) and self.captioner.lower() in ("", "none", "null"):
@@ -167,6 +170,7 @@ class ClassifyConfig:
         for name in ("max_new_tokens", "top_k", "batch_size", "caption_batch_size", "shard_size"):
             _check_range("classify", name, getattr(self, name), 1)
         _check_range("classify", "caption_image_size", self.caption_image_size, 16)
+        _check_range("classify", "max_file_bytes", self.max_file_bytes, 1)
         for name in ("classify_actors", "caption_actors"):
             _check_range("classify", name, getattr(self, name), 1)
         for name in (

@@ -14,10 +14,12 @@ import logging
 import time
 from typing import Any
 
+from raycls.bulk.lock import OutputLock
 from raycls.bulk.output import OutputDir, ShardCollector, model_fingerprint, result_schema
+from raycls.bulk.recovery import error_positions, merge_rows, redo_tasks, valid_parts
 from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
-from raycls.io.inputs import plan_shards
+from raycls.io.inputs import check_columns, plan_shards
 from raycls.io.shards import Shard, split_shard
 from raycls.io.storage import get_filesystem, is_remote
 
@@ -27,7 +29,8 @@ PROGRESS_EVERY_S = 15.0
 PIECE_BATCHES = 4  # batches per read task
 # Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.
 IDENTITY_SETTINGS = ("shard_size", "captioner", "caption_prompt", "max_new_tokens",
-                     "text_column", "image_column", "id_column", "top_k", "max_pixels")  # fmt: skip
+                     "caption_image_size", "text_column", "image_column", "id_column", "top_k",
+                     "max_pixels", "max_file_bytes")  # fmt: skip
 
 
 def classify(
@@ -37,64 +40,110 @@ def classify(
     config: ClassifyConfig,
     *,
     overwrite: bool = False,
+    retry_errors: bool = False,
     address: str | None = None,
 ) -> dict[str, Any]:
     """Classify every image of `input` into Parquet under `out_dir`; returns a summary.
 
     Every input row appears exactly once in the output, with status "ok" or "error" (and the
-    message). Shards already committed by an earlier run of the same command are skipped.
+    message). Shards already committed by an earlier run of the same command are skipped
+    (their files checked first); with `retry_errors`, their error rows are redone.
 
     Raises:
         ValueError: bad input, model or settings; `out_dir` holds another run's results and
-            `overwrite` is False.
+            `overwrite` is False; another run holds `out_dir`'s lock.
+        RuntimeError: shards whose reads kept failing were left uncommitted (the rest is
+            committed; a rerun retries them).
     """
     from raycls.cluster.runtime import init_ray
 
+    if overwrite and retry_errors:
+        raise ValueError("--retry-errors keeps the results of OUT_DIR; drop --overwrite")
     started = time.perf_counter()
     shards = plan_shards(input, config.shard_size, text_column=config.text_column)
+    check_columns(shards, image_column=config.image_column, id_column=config.id_column)
     out = OutputDir(out_dir)
     manifest = _manifest(input, model_dir, shards, config)
-    done = out.prepare(manifest, overwrite=overwrite)
-    pending = [s for s in shards if s.index not in done]
-    logger.info(
-        "classify: %d shards (%d already done) from %s into %s",
-        len(shards), len(shards) - len(pending), input, out.uri,
-    )  # fmt: skip
-    rows: dict[str, int] = {}
-    first_rows_s = None
-    if pending:
-        init_ray(address)
-        warn_if_local_on_multinode(out_dir)
-        rows, first_rows_at = _run(pending, model_dir, out, config, _key_name(shards))
-        first_rows_s = None if first_rows_at is None else round(first_rows_at - started, 2)
+    with OutputLock(out.fs, out.path, out.uri) as lock:
+        out.lock = lock
+        if retry_errors and not out.has_manifest():
+            raise ValueError(f"{out.uri} holds no classify results to retry; run without "
+                             "--retry-errors")  # fmt: skip
+        done = valid_parts(out, out.prepare(manifest, overwrite=overwrite), shards)
+        redo = error_positions(out, done) if retry_errors else {}
+        pending = [s for s in shards if s.index not in done or s.index in redo]
+        logger.info(
+            "classify: %d shards (%d already done, %d with errors to retry) from %s into %s",
+            len(shards), len(done), len(redo), input, out.uri,
+        )  # fmt: skip
+        run: dict[str, Any] = {"counts": {}, "first_rows_at": None, "failed": {}, "redone": {}}
+        if pending:
+            init_ray(address)
+            warn_if_local_on_multinode(out_dir)
+            run = _run(pending, model_dir, out, config, _key_name(shards), redo)
+        summary = _summary(out, model_dir, shards, done, pending, run, started)
+        if run["failed"]:
+            out.write_manifest({**manifest, "complete": False, "summary": summary})
+            raise RuntimeError(_failed_message(run["failed"]))
+        out.write_manifest({**manifest, "complete": True, "summary": summary})
+    logger.info("classify finished: %s", json.dumps(summary))
+    return summary
+
+
+def _summary(
+    out: OutputDir,
+    model_dir: str,
+    shards: list[Shard],
+    done: set[int],
+    pending: list[Shard],
+    run: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    rows = run["counts"]
     elapsed = time.perf_counter() - started
-    total = out.count_rows(done & {s.index for s in shards})
+    first_at = run["first_rows_at"]
+    total = out.count_rows(done - set(run["redone"]))
     for status, n in rows.items():
         total[status] = total.get(status, 0) + n
-    summary = {
+    return {
         "output": out.uri,
         "model": model_dir,
         "shards": len(shards),
-        "shards_done": len(pending),
+        "shards_done": len(pending) - len(run["failed"]),
         "shards_skipped": len(shards) - len(pending),
+        "shards_failed": len(run["failed"]),
         "rows": sum(rows.values()),
         "ok": rows.get("ok", 0),
         "error": rows.get("error", 0),
+        "rows_retried": sum(run["redone"].values()),
         "seconds": round(elapsed, 2),
         # Until the first results came back: Ray Data and actor start-up, model loading.
-        "first_rows_s": first_rows_s,
+        "first_rows_s": None if first_at is None else round(first_at - started, 2),
         "images_per_s": round(sum(rows.values()) / elapsed, 1) if elapsed > 0 else 0.0,
         "total_rows": sum(total.values()),
         "total_ok": total.get("ok", 0),
         "total_error": total.get("error", 0),
     }
-    out.write_manifest({**manifest, "complete": True, "summary": summary})
-    logger.info("classify finished: %s", json.dumps(summary))
-    return summary
 
 
-def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -> Any:
+def _failed_message(failed: dict[int, str]) -> str:
+    first = min(failed)
+    return (
+        f"{len(failed)} shard(s) were not committed because reading them kept failing (shard "
+        f"{first}: {failed[first]}); the other shards are committed: rerun the same command "
+        "to retry these"
+    )
+
+
+def build_dataset(
+    shards: list[Shard],
+    model_dir: str,
+    config: ClassifyConfig,
+    redo: dict[int, list[int]] | None = None,
+) -> Any:
     """The lazy Ray Dataset of result rows (key, routing columns, predictions, status, error).
+
+    `redo` maps shards of which to read only some rows to those rows' positions.
 
     One read task per shard, or per slice of a big shard of image files. Before a CPU actor,
     reading and decoding take that actor's resources so that Ray Data fuses them into it (no
@@ -116,13 +165,16 @@ def build_dataset(shards: list[Shard], model_dir: str, config: ClassifyConfig) -
     fused = actors[0]["num_gpus"] is None
     prep_cpus = actors[0]["num_cpus"] if fused else 1.0
     read_kwargs = {"image_column": c.image_column, "text_column": c.text_column,
-                   "id_column": c.id_column}  # fmt: skip
+                   "id_column": c.id_column, "max_file_bytes": c.max_file_bytes}  # fmt: skip
     decode_kwargs = {"size": _image_size(model_dir), "max_pixels": c.max_pixels,
                      "caption_size": c.caption_image_size if c.captioner else None,
                      "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
     # Read tasks of a few batches each: actors share big shards and finish together.
     piece = PIECE_BATCHES * actors[0]["fn_constructor_kwargs"]["batch_size"]
-    items = [{"shard": json.dumps(task)} for s in shards for task in split_shard(s, piece)]
+    redo = redo or {}
+    tasks = [t for s in shards for t in (redo_tasks(s, redo[s.index], piece)
+             if s.index in redo else split_shard(s, piece))]  # fmt: skip
+    items = [{"shard": json.dumps(task)} for task in tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # batch_size=None: a fused operator bundles inputs up to its largest batch_size, which
     # would put that many *shards* into one task. The stages chunk their input themselves.
@@ -167,15 +219,23 @@ def _pool(size: int, in_flight: int | None = None) -> Any:
 
 
 def _run(
-    shards: list[Shard], model_dir: str, out: OutputDir, config: ClassifyConfig, key_name: str
-) -> tuple[dict[str, int], float | None]:
+    shards: list[Shard],
+    model_dir: str,
+    out: OutputDir,
+    config: ClassifyConfig,
+    key_name: str,
+    redo: dict[int, list[int]],
+) -> dict[str, Any]:
     """Stream result rows to the driver; commit each shard's file once its rows are complete.
 
-    Returns the rows per status, and when (perf_counter) the first results arrived."""
-    ds = build_dataset(shards, model_dir, config)
+    Returns the rows per status of the files committed ("counts"), when (perf_counter) the
+    first results arrived, the shards whose reads failed (not committed) and the rows
+    redone per shard of `redo` that was rewritten."""
+    ds = build_dataset(shards, model_dir, config, redo)
     collector = ShardCollector(result_schema(key_name), model_name=model_dir)
     todo = {s.index for s in shards}
     counts: dict[str, int] = {}
+    redone: dict[int, int] = {}
     started = last_log = time.perf_counter()
     first_rows_at = None
     # No prefetching: with it, Ray Data held finished result blocks back until more were
@@ -184,6 +244,9 @@ def _run(
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         first_rows_at = first_rows_at or time.perf_counter()
         for index, table in collector.add(batch):
+            if index in redo:
+                table = merge_rows(out, index, table, redo[index])
+                redone[index] = len(redo[index])
             out.write_shard(index, table)
             todo.discard(index)
             for item in table.column("status").value_counts().to_pylist():
@@ -197,9 +260,11 @@ def _run(
             )  # fmt: skip
     if collector.in_flight:
         raise RuntimeError(f"{collector.in_flight} shards ended incomplete; rerun to resume")
-    for index in sorted(todo):  # shards without rows (an empty Parquet row group, an empty tar)
+    # Shards without rows (an empty Parquet row group, an empty tar); failed ones stay open.
+    for index in sorted(todo - set(collector.failed) - set(redo)):
         out.write_shard(index, collector.schema.empty_table())
-    return counts, first_rows_at
+    return {"counts": counts, "first_rows_at": first_rows_at, "failed": collector.failed,
+            "redone": redone}  # fmt: skip
 
 
 def _manifest(
@@ -213,7 +278,7 @@ def _manifest(
     }
     identity.update({name: getattr(config, name) for name in IDENTITY_SETTINGS})
     if config.captioner is None:  # caption settings change nothing without a captioner
-        identity.update(caption_prompt=None, max_new_tokens=None)
+        identity.update(caption_prompt=None, max_new_tokens=None, caption_image_size=None)
     return {
         "format": 1,
         "identity": identity,
