@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from test_classify import image_bytes, make_model, read_output, write_images
+from test_reads_lose_nothing import no_delays
 
 from raycls.bulk.output import MANIFEST, OutputDir, ShardCollector, result_schema
 from raycls.config import ClassifyConfig
@@ -42,12 +43,15 @@ class InProcess:
     repeat = False  # deliver every batch twice, as a retried task would
 
     def __init__(self, shards, model_dir, config, redo=None) -> None:
-        from raycls.bulk.recovery import redo_tasks
         from raycls.io.shards import split_shard
 
-        redo = redo or {}
-        self.tasks = [t for s in shards for t in (redo_tasks(s, redo[s.index], 2)
-                      if s.index in redo else split_shard(s, 2))]  # fmt: skip
+        self.tasks = [t for s in shards for t in split_shard(s, 2) if s.index not in (redo or {})]
+        if redo:
+            from raycls.bulk.recovery import redo_tasks
+
+            self.tasks += [
+                t for s in shards if s.index in redo for t in redo_tasks(s, redo[s.index], 2)
+            ]
         self.config, self.model_dir = config, model_dir
 
     def iter_batches(self, **kwargs):
@@ -74,7 +78,7 @@ def in_process(monkeypatch):
     monkeypatch.setattr("raycls.cluster.runtime.init_ray", lambda *a, **k: None)
     monkeypatch.setattr("raycls.bulk.pipeline.warn_if_local_on_multinode", lambda *a: None)
     monkeypatch.setattr("raycls.bulk.pipeline.build_dataset", InProcess)
-    monkeypatch.setattr("raycls.io.retry.time.sleep", lambda s: None)
+    no_delays(monkeypatch)
     monkeypatch.setattr(InProcess, "repeat", False)
     return InProcess
 
@@ -152,8 +156,6 @@ def _lock(out: Path, **fields) -> None:
 
 
 def test_a_second_run_fails_fast_and_stale_locks_are_taken_over(tmp_path, model_dir, in_process):
-    from raycls.bulk.lock import OutputLock
-
     write_images(tmp_path / "imgs", 2)
     out = tmp_path / "out"
     _lock(out)
@@ -170,6 +172,8 @@ def test_a_second_run_fails_fast_and_stale_locks_are_taken_over(tmp_path, model_
     os.waitpid(dead, 0)
     _lock(out, host=socket.gethostname(), pid=dead)  # its process is gone
     _classify(tmp_path / "imgs", model_dir, out)
+
+    from raycls.bulk.lock import OutputLock
 
     folder = OutputDir(str(out))
     with OutputLock(folder.fs, folder.path, folder.uri) as held:

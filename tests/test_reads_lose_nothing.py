@@ -5,6 +5,7 @@ non-UTF-8 names cannot stop a run; classify actors copy only the model's files. 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import json
 import logging
@@ -47,7 +48,14 @@ class FlakyFS:
 
 @pytest.fixture
 def no_backoff(monkeypatch):
-    monkeypatch.setattr("raycls.io.retry.time.sleep", lambda s: None)
+    no_delays(monkeypatch)
+
+
+def no_delays(monkeypatch) -> None:
+    """Retries without waiting (where there are retries: main before issue 12 had none)."""
+    if importlib.util.find_spec("raycls.io.retry") is not None:
+        monkeypatch.setattr("raycls.io.retry.FIRST_DELAY_S", 0.0)
+        monkeypatch.setattr("raycls.io.retry.MAX_DELAY_S", 0.0)
 
 
 def flaky(monkeypatch, failures: int, error: Exception) -> FlakyFS:

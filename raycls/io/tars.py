@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from raycls.io import retry
 from raycls.io.images import IMAGE_EXTENSIONS
-from raycls.io.retry import ATTEMPTS, FIRST_DELAY_S, TransientReadError, is_transient
+from raycls.io.retry import TransientReadError, is_transient
 from raycls.io.storage import get_filesystem
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _empty() -> dict[str, list]:
 def _members(uri: str, max_file_bytes: int) -> Iterator[tuple[str, bytes | _TooBig]]:
     """(name, bytes) of the tar's sample members in order; a transient error reopens the
     stream and skips what was already handed out."""
-    done, attempt, delay = 0, 1, FIRST_DELAY_S
+    done, attempt, delay = 0, 1, retry.FIRST_DELAY_S
     while True:
         try:
             for i, item in enumerate(_stream(uri, max_file_bytes)):
@@ -97,14 +98,14 @@ def _members(uri: str, max_file_bytes: int) -> Iterator[tuple[str, bytes | _TooB
         except Exception as e:
             if not is_transient(e):
                 raise ValueError(f"cannot read tar shard {uri}: {type(e).__name__}: {e}") from e
-            if attempt >= ATTEMPTS:
+            if attempt >= retry.ATTEMPTS:
                 raise TransientReadError(
                     f"reading {uri} failed {attempt} times with a transient error; the last: "
                     f"{type(e).__name__}: {e}"
                 ) from e
             logger.warning("reading %s: %s; reopening it in %.1f s", uri, e, delay)
             time.sleep(delay)
-            attempt, delay = attempt + 1, delay * 2
+            attempt, delay = attempt + 1, min(delay * 2, retry.MAX_DELAY_S)
 
 
 def _stream(uri: str, max_file_bytes: int) -> Iterator[tuple[str, bytes | _TooBig]]:
