@@ -320,3 +320,29 @@ def test_redelivered_batches_commit_each_shard_once(tmp_path, model_dir, in_proc
     assert summary["total_ok"] == 5
     keys = read_output(tmp_path / "out").column("path").to_pylist()
     assert keys == [str(p) for p in images]
+
+
+@pytest.mark.integration
+def test_retry_errors_on_ray(ray_local, tmp_path, model_dir):
+    """Redo read tasks through the real pipeline: a shard of image files (only the error
+    rows' files are read) and a Parquet shard (read whole, then filtered)."""
+    from raycls.bulk.pipeline import classify
+
+    config = ClassifyConfig(shard_size=2, batch_size=2)
+    images = write_images(tmp_path / "imgs", 4)
+    images[2].write_bytes(b"")
+    classify(str(tmp_path / "imgs"), model_dir, str(tmp_path / "out1"), config)
+    images[2].write_bytes(image_bytes(2))
+    summary = classify(str(tmp_path / "imgs"), model_dir, str(tmp_path / "out1"), config,
+                       retry_errors=True)  # fmt: skip
+    assert (summary["rows_retried"], summary["total_ok"], summary["total_error"]) == (1, 4, 0)
+    assert read_output(tmp_path / "out1").column("path").to_pylist() == [str(p) for p in images]
+
+    rows = {"image": [image_bytes(0), b"", image_bytes(2)], "id": ["a", "b", "c"]}
+    pq.write_table(pa.table(rows), tmp_path / "x.parquet")
+    config = ClassifyConfig(shard_size=3, batch_size=2, id_column="id")
+    classify(str(tmp_path / "x.parquet"), model_dir, str(tmp_path / "out2"), config)
+    summary = classify(str(tmp_path / "x.parquet"), model_dir, str(tmp_path / "out2"), config,
+                       retry_errors=True)  # fmt: skip
+    assert (summary["rows_retried"], summary["total_ok"], summary["total_error"]) == (1, 2, 1)
+    assert read_output(tmp_path / "out2").column("id").to_pylist() == ["a", "b", "c"]
