@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("key", "shard", "shard_rows", "row", "label", "score", "top_k_labels",
                   "top_k_scores", "caption", "status", "error")  # fmt: skip
-# `row` of the one row a read task yields when its shard failed on storage errors.
+# `row` of the one row a read task yields when its shard must stay uncommitted: storage
+# errors that persisted through retries, or any failure while redoing chosen rows.
 FAILED = -1
 
 
