@@ -384,8 +384,8 @@ def bench_driver(rows: int, shard_size: int, block_rows: int, out: Path) -> floa
     """Rows/s the driver commits alone: fake result blocks through `commit_results`."""
     import ray.data
 
+    from raycls.bulk.commit import commit_results
     from raycls.bulk.output import OutputDir
-    from raycls.bulk.pipeline import commit_results
     from raycls.io.shards import Shard
 
     n_shards = rows // shard_size

@@ -24,6 +24,8 @@ DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 # What `--model` holds; see raycls.models.predictor. "auto" reads it from the model's config.
 MODEL_KINDS = ("auto", "raycls", "hf-classifier", "zero-shot", "caption")
+# Bigger input files (images, tar members) become error rows instead of being read.
+DEFAULT_MAX_FILE_BYTES = 256 * 2**20
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
@@ -186,6 +188,7 @@ class ClassifyConfig:
     labels: str | None = None
     # Keep cosine similarities (zero-shot) or logits instead of softmax scores.
     raw_scores: bool = False
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # per image file or tar member
 
     def __post_init__(self) -> None:
         if isinstance(self.captioner, str) and self.captioner.lower() in ("", "none", "null"):
@@ -196,6 +199,7 @@ class ClassifyConfig:
         _check_range("classify", "caption_image_size", self.caption_image_size, 16)
         _check_range("classify", "max_pixels", self.max_pixels, 1)
         _check_choice("classify", "model_kind", self.model_kind, MODEL_KINDS)
+        _check_range("classify", "max_file_bytes", self.max_file_bytes, 1)
         for name in ("classify_actors", "caption_actors"):
             if getattr(self, name) is not None:
                 _check_range("classify", name, getattr(self, name), 1)

@@ -97,3 +97,9 @@ def object_names(uri: str) -> set[str]:
 def tiny_config(**train) -> Config:
     """Image-only settings on a 0.4M-parameter backbone: small checkpoints."""
     return image_only(**train).replace(model={"backbone": "shufflenet_v2_x0_5"})
+
+
+def no_delays(monkeypatch) -> None:
+    """Storage retries without waiting."""
+    monkeypatch.setattr("raycls.io.retry.FIRST_DELAY_S", 0.0)
+    monkeypatch.setattr("raycls.io.retry.MAX_DELAY_S", 0.0)

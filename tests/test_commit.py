@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raycls.bulk.commit import commit_results
 from raycls.bulk.output import OutputDir
-from raycls.bulk.pipeline import commit_results
 from raycls.io.shards import Shard
 
 

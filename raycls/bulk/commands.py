@@ -95,6 +95,9 @@ MODEL_HELP = (
     help="Input rows per output Parquet file.",
 )
 @click.option("--overwrite", is_flag=True, help="Delete results of a different earlier run.")
+@click.option(
+    "--retry-errors", is_flag=True, help="Redo the error rows of OUT_DIR (and any missing shards)."
+)
 @config_option
 @address_option
 @overrides_argument
@@ -103,6 +106,7 @@ def classify_cmd(
     model_dir: str,
     out_dir: str,
     overwrite: bool,
+    retry_errors: bool,
     config_file: str | None,
     address: str | None,
     overrides: tuple[str, ...],
@@ -113,7 +117,8 @@ def classify_cmd(
 
     try:
         config = load_settings(config_file, overrides).classify
-        summary = classify(input, model_dir, out_dir, config, overwrite=overwrite, address=address)
-    except (ValueError, FileNotFoundError) as error:
+        summary = classify(input, model_dir, out_dir, config, overwrite=overwrite,
+                           retry_errors=retry_errors, address=address)  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         fail(error)
     click.echo(json.dumps(summary, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import uuid
 from typing import Any
@@ -75,6 +76,7 @@ class OutputDir:
         self.fs, self.path = get_filesystem(uri)
         self.path = self.path.rstrip("/")
         self.atomic_rename = not is_remote(uri)
+        self.lock: Any = None  # an OutputLock: checked before each commit
 
     def prepare(self, manifest: dict[str, Any], *, overwrite: bool) -> set[int]:
         """Check or write the manifest; return the indices of shards already committed.
@@ -84,7 +86,15 @@ class OutputDir:
                 `overwrite` is False).
         """
         self.fs.create_dir(self.path, recursive=True)
-        old = self._read_manifest()
+        try:
+            old = self._read_manifest()
+        except ValueError as e:
+            if not overwrite:
+                raise ValueError(
+                    f"{self.uri}/{MANIFEST} is damaged ({e}); pass --overwrite to delete the "
+                    "old results and start over"
+                ) from e
+            old = None
         parts = self._parts()
         if overwrite:
             self._clear(parts)
@@ -123,12 +133,14 @@ class OutputDir:
         error, so the whole file is serialized first and written in one call: a failure
         while producing it never reaches the store.
         """
+        if self.lock is not None:
+            self.lock.check()
         final = f"{self.path}/{name}"
-        target = f"{self.path}/.{name}.{uuid.uuid4().hex}.tmp" if self.atomic_rename else final
-        with self.fs.open_output_stream(target) as f:
-            f.write(data)
         if self.atomic_rename:
-            self.fs.move(target, final)
+            _write_durably(f"{self.path}/.{name}.{uuid.uuid4().hex}.tmp", final, data)
+            return
+        with self.fs.open_output_stream(final) as f:
+            f.write(data)
 
     def count_rows(self, indices: set[int] | list[int]) -> dict[str, int]:
         """Rows per status in committed shards (reads only the small `status` column)."""
@@ -147,12 +159,18 @@ class OutputDir:
                 found[int(match[1])] = info.path
         return found
 
+    def has_manifest(self) -> bool:
+        return self.fs.get_file_info(f"{self.path}/{MANIFEST}").type == pafs.FileType.File
+
     def _read_manifest(self) -> dict[str, Any] | None:
         path = f"{self.path}/{MANIFEST}"
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read())
+            manifest = json.loads(f.read())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("identity"), dict):
+            raise ValueError("no identity object in it")
+        return manifest
 
     def _clear(self, parts: dict[int, str]) -> None:
         if parts:
@@ -172,6 +190,21 @@ class OutputDir:
                 self.fs.delete_file(info.path)
 
 
+def _write_durably(temp: str, final: str, data: bytes | pa.Buffer) -> None:
+    """Write a local file via `temp` and a rename, both flushed to disk: after a power loss
+    the file is whole or absent, never committed but empty."""
+    with open(temp, "wb") as f:
+        f.write(memoryview(data))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, final)
+    folder = os.open(os.path.dirname(final), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def _mismatch_message(uri: str, old: dict, manifest: dict, changed: list[str]) -> str:
     diffs = "; ".join(f"{k}: {old.get(k)!r} -> {manifest['identity'][k]!r}" for k in changed)
     return (
@@ -184,15 +217,20 @@ def _mismatch_message(uri: str, old: dict, manifest: dict, changed: list[str]) -
 class ShardCollector:
     """Gathers streamed result rows by shard; hands back a shard's table once all rows arrived.
 
-    Memory holds only the small result columns of shards still in flight.
+    Rows of a shard already handed back (a task retried after a worker died re-delivers
+    them) are ignored, as are rows of a shard whose read failed (a row with `row` < 0; its
+    message lands in `failed`). Memory holds only the small result columns of shards still
+    in flight.
     """
 
     def __init__(self, schema: pa.Schema, model_name: str) -> None:
         self.schema = schema
         self.model_name = model_name
+        self.failed: dict[int, str] = {}
         self._pending: dict[int, list[pa.Table]] = {}
         self._rows: dict[int, set[int]] = {}
         self._expected: dict[int, int] = {}
+        self._done: set[int] = set()
 
     @property
     def in_flight(self) -> int:
@@ -203,12 +241,24 @@ class ShardCollector:
         done = []
         shards = batch.column("shard")
         for index in pc.unique(shards).to_pylist():
+            if index in self._done or index in self.failed:
+                continue
             part = batch.filter(pc.equal(shards, index))
+            if pc.any(pc.less(part.column("row"), 0)).as_py():
+                failed = part.filter(pc.less(part.column("row"), 0))
+                self.failed[index] = failed.column("error")[0].as_py() or "read failed"
+                self._pending.pop(index, None)
+                self._rows.pop(index, None)
+                self._expected.pop(index, None)
+                continue
             self._pending.setdefault(index, []).append(part)
             self._rows.setdefault(index, set()).update(part.column("row").to_pylist())
-            self._expected[index] = part.column("shard_rows")[0].as_py()
-            if len(self._rows[index]) >= self._expected[index]:
+            # 0 while a streamed shard's row count is not known yet (see stages.read_shards).
+            expected = max(self._expected.get(index, 0), pc.max(part.column("shard_rows")).as_py())
+            self._expected[index] = expected
+            if expected and len(self._rows[index]) >= expected:
                 done.append((index, self._finish(index)))
+                self._done.add(index)
         return done
 
     def _finish(self, index: int) -> pa.Table:

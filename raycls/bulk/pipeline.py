@@ -2,8 +2,9 @@
 caption (optional actor pool) -> classify (actor pool) -> one Parquet file per shard.
 
 Result rows stream back to the driver (small columns only: pixels and bytes stay in the
-workers), and each shard's file is committed as soon as all its rows have arrived. A rerun on
-the same OUT_DIR skips committed shards; see `raycls.bulk.output` for the manifest rules.
+workers), and each shard's file is committed as soon as all its rows have arrived
+(`raycls.bulk.commit`). A rerun on the same OUT_DIR skips committed shards; see
+`raycls.bulk.output` for the manifest rules and `raycls.bulk.lock` for one run at a time.
 """
 
 from __future__ import annotations
@@ -12,33 +13,27 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from raycls.bulk.output import (
-    OutputDir,
-    ShardCollector,
-    count_statuses,
-    result_schema,
-)
+from raycls.bulk.commit import commit_results
+from raycls.bulk.lock import OutputLock
+from raycls.bulk.output import OutputDir
+from raycls.bulk.recovery import error_positions, redo_tasks, valid_parts
 from raycls.bulk.sizing import PoolSize, StageNeeds, plan_pools
 from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
-from raycls.io.inputs import plan_shards
+from raycls.io.inputs import check_parquet_columns, plan_shards
 from raycls.io.shards import Shard, split_shard
 from raycls.io.storage import get_filesystem, is_remote, redact
 from raycls.models.predictor import ModelSpec, model_identity, resolve_model
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY_S = 15.0
 PIECE_BATCHES = 4  # batches per read task
 # Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.
 IDENTITY_SETTINGS = ("shard_size", "captioner", "caption_prompt", "max_new_tokens",
-                     "text_column", "image_column", "id_column", "top_k", "max_pixels")  # fmt: skip
+                     "caption_image_size", "text_column", "image_column", "id_column", "top_k",
+                     "max_pixels", "max_file_bytes")  # fmt: skip
 
 
 def classify(
@@ -48,69 +43,108 @@ def classify(
     config: ClassifyConfig,
     *,
     overwrite: bool = False,
+    retry_errors: bool = False,
     address: str | None = None,
 ) -> dict[str, Any]:
     """Classify every image of `input` into Parquet under `out_dir`; returns a summary.
 
     Every input row appears exactly once in the output, with status "ok" or "error" (and the
-    message). Shards already committed by an earlier run of the same command are skipped.
+    message). Shards already committed by an earlier run of the same command are skipped
+    (their files checked first); with `retry_errors`, their error rows are redone.
 
     Raises:
         ValueError: bad input, model or settings; `out_dir` holds another run's results and
-            `overwrite` is False.
+            `overwrite` is False; another run holds `out_dir`'s lock.
+        RuntimeError: shards whose reads kept failing were left uncommitted (the rest is
+            committed; a rerun retries them).
     """
     from raycls.cluster.runtime import init_ray
 
+    if overwrite and retry_errors:
+        raise ValueError("--retry-errors keeps the results of OUT_DIR; drop --overwrite")
     started = time.perf_counter()
     spec = model_spec(model_dir, config)  # a wrong model or labels fail before Ray starts
     shards = plan_shards(input, config.shard_size, text_column=config.text_column)
+    check_parquet_columns(shards, image_column=config.image_column, id_column=config.id_column)
     out = OutputDir(out_dir)
     manifest = _manifest(input, spec, shards, config)
-    done = out.prepare(manifest, overwrite=overwrite)
-    pending = [s for s in shards if s.index not in done]
-    logger.info(
-        "classify: %d shards (%d already done) from %s into %s",
-        len(shards), len(shards) - len(pending), redact(input), out.uri,
-    )  # fmt: skip
-    rows: dict[str, int] = {}
-    first_rows_s = pools = None
-    repeated = 0
-    if pending:
-        init_ray(address)
-        warn_if_local_on_multinode(out_dir)
-        pools = pool_sizes(config)
-        logger.info("classify: actor pools %s", pools)
-        run = _run(pending, spec, out, config, _key_name(shards), pools)
-        rows, repeated, first_rows_at = run["counts"], run["repeated"], run["first_rows_at"]
-        first_rows_s = None if first_rows_at is None else round(first_rows_at - started, 2)
+    with OutputLock(out.fs, out.path, out.uri) as lock:
+        out.lock = lock
+        if retry_errors and not out.has_manifest():
+            raise ValueError(f"{out.uri} holds no classify results to retry; run without "
+                             "--retry-errors")  # fmt: skip
+        done = valid_parts(out, out.prepare(manifest, overwrite=overwrite), shards)
+        redo = error_positions(out, done) if retry_errors else {}
+        pending = [s for s in shards if s.index not in done or s.index in redo]
+        logger.info(
+            "classify: %d shards (%d already done, %d with errors to retry) from %s into %s",
+            len(shards), len(done), len(redo), redact(input), out.uri,
+        )  # fmt: skip
+        run: dict[str, Any] = {"counts": {}, "first_rows_at": None, "failed": {}, "redone": {},
+                               "repeated": 0, "pools": None}  # fmt: skip
+        if pending:
+            init_ray(address)
+            warn_if_local_on_multinode(out_dir)
+            pools = pool_sizes(config)
+            logger.info("classify: actor pools %s", pools)
+            run = _run(pending, spec, out, config, _key_name(shards), redo, pools)
+            run["pools"] = _describe(pools, config)
+        summary = _summary(out, spec, shards, done, pending, run, started)
+        if run["failed"]:
+            out.write_manifest({**manifest, "complete": False, "summary": summary})
+            raise RuntimeError(_failed_message(run["failed"]))
+        out.write_manifest({**manifest, "complete": True, "summary": summary})
+    logger.info("classify finished: %s", json.dumps(summary))
+    return summary
+
+
+def _summary(
+    out: OutputDir,
+    spec: ModelSpec,
+    shards: list[Shard],
+    done: set[int],
+    pending: list[Shard],
+    run: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    rows = run["counts"]
     elapsed = time.perf_counter() - started
-    total = out.count_rows(done & {s.index for s in shards})
+    first_at = run["first_rows_at"]
+    total = out.count_rows(done - set(run["redone"]))
     for status, n in rows.items():
         total[status] = total.get(status, 0) + n
-    summary = {
+    return {
         "output": out.uri,
-        "model": redact(model_dir),
+        "model": redact(spec.source),
         "shards": len(shards),
-        "shards_done": len(pending),
+        "shards_done": len(pending) - len(run["failed"]),
         "shards_skipped": len(shards) - len(pending),
+        "shards_failed": len(run["failed"]),
         "rows": sum(rows.values()),
         "ok": rows.get("ok", 0),
         "error": rows.get("error", 0),
+        "rows_retried": sum(run["redone"].values()),
         "seconds": round(elapsed, 2),
         # Until the first results came back: Ray Data and actor start-up, model loading.
-        "first_rows_s": first_rows_s,
+        "first_rows_s": None if first_at is None else round(first_at - started, 2),
         "images_per_s": round(sum(rows.values()) / elapsed, 1) if elapsed > 0 else 0.0,
         "total_rows": sum(total.values()),
         "total_ok": total.get("ok", 0),
         "total_error": total.get("error", 0),
         # Rows sent twice by tasks retried after a failure (a worker or node died); dropped.
-        "rows_repeated": repeated,
+        "rows_repeated": run["repeated"],
         # Actors per pool: pinned, or started at what the cluster had and autoscaling.
-        "actors": None if pools is None else _describe(pools, config),
+        "actors": run["pools"],
     }
-    out.write_manifest({**manifest, "complete": True, "summary": summary})
-    logger.info("classify finished: %s", json.dumps(summary))
-    return summary
+
+
+def _failed_message(failed: dict[int, str]) -> str:
+    first = min(failed)
+    return (
+        f"{len(failed)} shard(s) were not committed because reading them kept failing (shard "
+        f"{first}: {failed[first]}); the other shards are committed: rerun the same command "
+        "to retry these"
+    )
 
 
 def model_spec(model_dir: str, config: ClassifyConfig) -> ModelSpec:
@@ -125,8 +159,11 @@ def build_dataset(
     model: str | ModelSpec,
     config: ClassifyConfig,
     pools: list[PoolSize] | None = None,
+    redo: dict[int, list[int]] | None = None,
 ) -> Any:
     """The lazy Ray Dataset of result rows (key, routing columns, predictions, status, error).
+
+    `redo` maps shards of which to read only some rows to those rows' positions.
 
     One read task per shard, or per slice of a big shard of image files. Before a CPU actor,
     reading and decoding take that actor's resources so that Ray Data fuses them into it (no
@@ -150,13 +187,16 @@ def build_dataset(
     fused = actors[0]["num_gpus"] is None
     prep_cpus = actors[0]["num_cpus"] if fused else 1.0
     read_kwargs = {"image_column": c.image_column, "text_column": c.text_column,
-                   "id_column": c.id_column}  # fmt: skip
+                   "id_column": c.id_column, "max_file_bytes": c.max_file_bytes}  # fmt: skip
     decode_kwargs = {"size": spec.image.size, "max_pixels": c.max_pixels,
                      "caption_size": c.caption_image_size if c.captioner else None,
                      "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
     # Read tasks of a few batches each: actors share big shards and finish together.
     piece = PIECE_BATCHES * actors[0]["fn_constructor_kwargs"]["batch_size"]
-    items = [{"shard": json.dumps(task)} for s in shards for task in split_shard(s, piece)]
+    redo = redo or {}
+    tasks = [t for s in shards for t in (redo_tasks(s, redo[s.index], piece)
+             if s.index in redo else split_shard(s, piece))]  # fmt: skip
+    items = [{"shard": json.dumps(task)} for task in tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # batch_size=None: a fused operator bundles inputs up to its largest batch_size, which
     # would put that many *shards* into one task. The stages chunk their input themselves.
@@ -220,54 +260,16 @@ def _run(
     out: OutputDir,
     config: ClassifyConfig,
     key_name: str,
+    redo: dict[int, list[int]],
     pools: list[PoolSize],
 ) -> dict[str, Any]:
     """Run the Ray Dataset and commit its results (see `commit_results`)."""
-    ds = build_dataset(shards, spec, config, pools)
+    ds = build_dataset(shards, spec, config, pools, redo)
     # No prefetching: with it, Ray Data held finished result blocks back until more were
     # ready (2,000 images: first rows at the driver 11.6 s in instead of 9.0 s, a task's
     # length late), which delays every shard's commit. Result blocks are small to fetch.
     batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-    return commit_results(batches, shards, out, key_name, redact(spec.source))
-
-
-def commit_results(
-    batches: Iterable[pa.Table], shards: list[Shard], out: OutputDir, key_name: str, model: str
-) -> dict[str, Any]:
-    """Commit each shard's file once all its result rows have arrived from `batches`.
-
-    Rows that arrive twice (a task retried after a worker or node died, having sent part of
-    its rows) are dropped and counted. Returns rows per status (`counts`), `repeated`, and when
-    (perf_counter) the first results arrived (`first_rows_at`).
-    """
-    collector = ShardCollector(result_schema(key_name), model_name=model)
-    todo = {s.index for s in shards}
-    counts: dict[str, int] = {}
-    received = committed = 0
-    last_log = time.perf_counter()
-    first_rows_at = None
-    for batch in batches:
-        first_rows_at = first_rows_at or time.perf_counter()
-        received += batch.num_rows
-        if not todo.issuperset(pc.unique(batch.column("shard")).to_pylist()):
-            batch = batch.filter(pc.is_in(batch.column("shard"), pa.array(sorted(todo))))
-        for index, table in collector.add(batch):
-            out.write_shard(index, table)
-            todo.discard(index)
-            committed += table.num_rows
-            count_statuses(table, counts)
-        if time.perf_counter() - last_log > PROGRESS_EVERY_S:
-            last_log = time.perf_counter()
-            logger.info(
-                "classify: %d/%d shards committed, %d rows, %.1f images/s since the first results",
-                len(shards) - len(todo), len(shards), committed,
-                committed / max(last_log - first_rows_at, 1e-9),
-            )  # fmt: skip
-    if collector.in_flight:
-        raise RuntimeError(f"{collector.in_flight} shards ended incomplete; rerun to resume")
-    for index in sorted(todo):  # shards without rows (an empty Parquet row group, an empty tar)
-        out.write_shard(index, collector.schema.empty_table())
-    return {"counts": counts, "repeated": received - committed, "first_rows_at": first_rows_at}
+    return commit_results(batches, shards, out, key_name, redact(spec.source), redo)
 
 
 def _describe(pools: list[PoolSize], config: ClassifyConfig) -> dict[str, dict[str, Any]]:
@@ -290,7 +292,7 @@ def _manifest(
     }
     identity.update({name: getattr(config, name) for name in IDENTITY_SETTINGS})
     if config.captioner is None:  # caption settings change nothing without a captioner
-        identity.update(caption_prompt=None, max_new_tokens=None)
+        identity.update(caption_prompt=None, max_new_tokens=None, caption_image_size=None)
     return {
         "format": 1,
         "identity": identity,

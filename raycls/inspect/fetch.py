@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import pyarrow.parquet as pq
 
 from raycls.io.images import IMAGE_EXTENSIONS
-from raycls.io.shards import _parquet_images
+from raycls.io.shards import parquet_images
 from raycls.io.storage import get_filesystem, read_bytes
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def _parquet_rows(uri: str, rows: list[int], image_column: str) -> dict[int, byt
             wanted = [r for r in rows if start <= r < stop]
             if wanted:
                 column = pf.read_row_group(group, columns=[image_column]).column(0)
-                images, _ = _parquet_images(column.take([r - start for r in wanted]), uri)
+                images, _ = parquet_images(column.take([r - start for r in wanted]), uri)
                 out.update(zip(wanted, images, strict=True))
             start = stop
     return out

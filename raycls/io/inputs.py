@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ROW_SCHEMA",
     "Shard",
+    "check_parquet_columns",
     "load_labeled",
     "plan_shards",
     "read_shard",
@@ -133,7 +135,8 @@ def shard_dataset(shards: list[Shard], **read_kwargs: Any) -> ray.data.Dataset:
 
     if not shards:
         raise ValueError("no shards to read; plan_shards found no input")
-    _check_parquet_columns(shards, read_kwargs)
+    names = ("image_column", "label_column", "id_column")
+    check_parquet_columns(shards, **{k: v for k, v in read_kwargs.items() if k in names})
     items = [{"shard": json.dumps(s.to_dict())} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(shards))
     return ds.map_batches(_read_shards, fn_kwargs=read_kwargs, batch_size=1, batch_format="pyarrow")
@@ -144,15 +147,22 @@ def _read_shards(batch: pa.Table, **read_kwargs: Any) -> pa.Table:
     return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
 
 
-def _check_parquet_columns(shards: list[Shard], read_kwargs: dict[str, Any]) -> None:
-    """Fail on the driver, not in a task, when the first Parquet file lacks a named column."""
+def check_parquet_columns(
+    shards: list[Shard],
+    *,
+    image_column: str | None = "image",
+    label_column: str | None = None,
+    id_column: str | None = None,
+) -> None:
+    """Fail on the driver, before Ray starts, when the first Parquet file of `shards` lacks
+    a named column: a mistyped name would otherwise turn every row into an error row."""
     first = next((s for s in shards if s.kind == "parquet"), None)
     if first is None:
         return
     fs, path = get_filesystem(first.paths[0])
     names = pq.read_schema(path, filesystem=fs).names
-    wanted = {"image_column": "image", "label_column": None, "id_column": None}
-    check_columns(first.paths[0], names, {k: read_kwargs.get(k, v) for k, v in wanted.items()})
+    given = {"image_column": image_column, "label_column": label_column, "id_column": id_column}
+    check_columns(first.paths[0], names, given)
 
 
 def _ext(path: str) -> str:
@@ -171,18 +181,56 @@ def _uri_prefix(source: str, fs_path: str) -> str:
 
 def _list_folder(fs: pafs.FileSystem, base: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {"image": [], "parquet": [], "tar": []}
-    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        rel = info.path[len(base.rstrip("/")) + 1 :]
-        if info.type != pafs.FileType.File or any(p.startswith(".") for p in rel.split("/")):
+    if isinstance(fs, pafs.LocalFileSystem):
+        paths = _walk_local(base)
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        paths = [i.path for i in infos if i.type == pafs.FileType.File]
+    for path in paths:
+        rel = path[len(base.rstrip("/")) + 1 :]
+        if any(p.startswith(".") for p in rel.split("/")):
             continue
-        ext = _ext(info.path)
+        ext, name = _ext(path), posixpath.basename(path)
         if ext in IMAGE_EXTENSIONS:
-            found["image"].append(info.path)
-        elif ext in PARQUET_EXTENSIONS and not info.base_name.startswith("_"):
-            found["parquet"].append(info.path)
+            found["image"].append(path)
+        elif ext in PARQUET_EXTENSIONS and not name.startswith("_"):
+            found["parquet"].append(path)
         elif ext in TAR_EXTENSIONS:
-            found["tar"].append(info.path)
+            found["tar"].append(path)
     return {k: sorted(v) for k, v in found.items()}
+
+
+def _walk_local(base: str) -> list[str]:
+    """Files under the local folder `base`, each real file once although symlinks may reach
+    it twice; folders reached again (symlink loops, two links to one folder) are skipped and
+    reported. Names that are not UTF-8 come back surrogate-escaped, as Python gives them."""
+    files: dict[tuple[int, int], str] = {}
+    seen: dict[tuple[int, int], str] = {}
+    again: list[str] = []
+    stack = [base.rstrip("/") or "/"]
+    while stack:
+        folder = stack.pop()
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            again.append(f"{folder} -> {seen[stat.st_dev, stat.st_ino]}")
+            continue
+        seen[stat.st_dev, stat.st_ino] = folder
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+                try:
+                    if entry.is_dir():
+                        stack.append(entry.path)
+                    elif entry.is_file():
+                        real = entry.stat()
+                        files.setdefault((real.st_dev, real.st_ino), entry.path)
+                except OSError as e:  # a dangling link, a folder that vanished
+                    logger.warning("skipping %r: %s", entry.path, e)
+    if again:
+        logger.warning(
+            "%d folder(s) under %s were reached again through symlinks (loops or links to "
+            "one folder) and listed once: %s", len(again), base, "; ".join(sorted(again)[:5]),
+        )  # fmt: skip
+    return list(files.values())
 
 
 def _read_list(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:

@@ -9,7 +9,7 @@ import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -235,10 +235,14 @@ def copy_dir(source: str, target: str, last: str | None = None) -> None:
 
 
 @contextmanager
-def local_copy(uri: str) -> Iterator[str]:
+def local_copy(uri: str, only: Sequence[str] | None = None) -> Iterator[str]:
     """A local folder with the files of `uri`: the path itself when local, else a copy in a
     temporary folder that is deleted on leaving the block (load the model inside it: a
     model directory on an object store would otherwise leave a copy per actor on every node).
+
+    Args:
+        only: the files and folders directly under `uri` to copy (those that exist); a
+            model's, say, and not the training checkpoints beside them. Default: all.
     """
     if not is_remote(uri):
         yield uri
@@ -246,7 +250,16 @@ def local_copy(uri: str) -> Iterator[str]:
     import pyarrow.fs
 
     fs, path = get_filesystem(uri)
+    path = path.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="raycls-model-") as local:
-        pyarrow.fs.copy_files(path, local, source_filesystem=fs)
+        if only is None:
+            pyarrow.fs.copy_files(path, local, source_filesystem=fs)
+        for name in only or ():
+            kind = fs.get_file_info(f"{path}/{name}").type
+            if kind == pyarrow.fs.FileType.Directory:
+                os.makedirs(os.path.join(local, name))
+            if kind != pyarrow.fs.FileType.NotFound:
+                target = os.path.join(local, name)
+                pyarrow.fs.copy_files(f"{path}/{name}", target, source_filesystem=fs)
         logger.info("copied %s to %s", uri, local)
         yield local

@@ -25,6 +25,7 @@ import torch
 
 from raycls.config import MODEL_KINDS
 from raycls.io.images import IMAGENET_MEAN, IMAGENET_STD
+from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from raycls.models.labels import LabelSet, load_labels
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,9 @@ def load_predictor(spec: ModelSpec | dict[str, Any] | str, device: str = "cpu") 
         spec = ModelSpec.from_dict(spec)
     if spec.kind in ZERO_SHOT_KINDS and spec.labels is None:
         raise ValueError(f"the {spec.kind} model {spec.source!r} needs labels (--labels)")
-    with local_copy(_local_source(spec)) as folder:
+    # From an object store, a raycls model's files only (not its ray_train/ checkpoints).
+    only = (CONFIG_FILE, WEIGHTS_FILE, TEXT_DIR) if spec.kind == "raycls" else None
+    with local_copy(_local_source(spec), only=only) as folder:
         if spec.kind == "raycls":
             return FusedPredictor(folder, spec, device)
         if spec.kind == "hf-classifier":
