@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from raycls.config import load_config
+from raycls.config import Config, load_config
 
 OVERRIDES_HELP = "Settings as section.key=value (e.g. train.lr=3e-4 model.hidden_dim=128)."
 
@@ -323,15 +323,8 @@ def train_cmd(
     """Train on DATA (ImageFolder or labelled Parquet); the best model goes to --out."""
     from raycls.train.trainer import fit
 
-    model_keys = ("fusion", "backbone", "text_encoder")
-    given = {k: v for k, v in options.items() if v is not None and v is not False}
     try:
-        config = load_config(
-            config_file,
-            overrides,
-            model={k: v for k, v in given.items() if k in model_keys},
-            train={k: v for k, v in given.items() if k not in model_keys},
-        )
+        config = train_config(config_file, overrides, options)
         result = fit(config, data, out, val_data=val_data, address=address)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(error)
@@ -341,6 +334,18 @@ def train_cmd(
         f"{result['val_accuracy']:.4f}, val_macro_f1 {result['val_macro_f1']:.4f} "
         f"({result['val_count']} examples), {result['elapsed_s']:.0f}s\n"
         f"Model: {result['model_dir']} (metrics.json, history.json)"
+    )
+
+
+def train_config(config_file: str | None, overrides: tuple[str, ...], options: dict) -> Config:
+    """The Config of `raycls train`'s flags (given ones only), file and overrides."""
+    model_keys = ("fusion", "backbone", "text_encoder")
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    return load_config(
+        config_file,
+        overrides,
+        model={k: v for k, v in given.items() if k in model_keys},
+        train={k: v for k, v in given.items() if k not in model_keys},
     )
 
 
@@ -465,6 +470,17 @@ def tune_cmd(
         f"Best config: {summary['best_config']}\nResults: {summary['results_csv']}, "
         f"{summary['plot']} ({summary['elapsed_s']:.0f}s)"
     )
+
+
+def _register_commands() -> None:
+    """Commands defined beside their packages."""
+    from raycls.fewlabel.commands import select_cmd, self_train_cmd
+
+    cli.add_command(self_train_cmd)
+    cli.add_command(select_cmd)
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
