@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 from raycls.bulk.commands import classify_cmd  # noqa: E402
 from raycls.cluster.commands import jobs_group, submit_cmd  # noqa: E402
 from raycls.demo.commands import make_dataset_cmd, quickstart_cmd  # noqa: E402
+from raycls.fewlabel.commands import select_cmd, self_train_cmd  # noqa: E402
 from raycls.inspect.commands import explain_cmd, report_cmd  # noqa: E402
 from raycls.models.commands import describe_labels_cmd  # noqa: E402
 from raycls.serve.commands import export_cmd, serve_cmd  # noqa: E402
@@ -81,6 +82,8 @@ cli.add_command(explain_cmd)
 cli.add_command(report_cmd)
 cli.add_command(serve_cmd)
 cli.add_command(export_cmd)
+cli.add_command(self_train_cmd)
+cli.add_command(select_cmd)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

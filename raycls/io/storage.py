@@ -216,8 +216,9 @@ def append_text(uri: str, text: str) -> None:
     write_bytes(uri, (read_bytes(uri) or b"") + text.encode())
 
 
-def copy_dir(source: str, target: str, last: str | None = None) -> None:
-    """Copy every file under `source` to `target` (local paths or URIs), `last` last.
+def copy_dir(source: str, target: str, last: str | None = None, skip: tuple[str, ...] = ()) -> None:
+    """Copy every file under `source` to `target` (local paths or URIs), `last` last, except
+    what lies under the top-level names in `skip`.
 
     Object stores have no rename: a reader that finds `last` (a model's config.json) finds
     every other file too.
@@ -227,7 +228,11 @@ def copy_dir(source: str, target: str, last: str | None = None) -> None:
     src_fs, src = get_filesystem(source)
     src = src.rstrip("/")
     selector = pyarrow.fs.FileSelector(src, recursive=True)
-    files = sorted(i.path for i in src_fs.get_file_info(selector) if i.is_file)
+    files = sorted(
+        i.path
+        for i in src_fs.get_file_info(selector)
+        if i.is_file and i.path[len(src) + 1 :].split("/", 1)[0] not in skip
+    )
     files.sort(key=lambda p: p == f"{src}/{last}")
     for path in files:
         with src_fs.open_input_stream(path) as stream:

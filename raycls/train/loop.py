@@ -118,6 +118,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         for i, batch in enumerate(batches):
             pixels, inputs, labels = _tensors(model, batch, device)
+            if len(labels) == 1:  # BatchNorm cannot normalise a single example in training
+                pixels, labels = pixels.repeat(2, 1, 1, 1), labels.repeat(2)
+                inputs = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
             pending += 1
             sync = pending == t.grad_accum_steps or i + 1 == batches_per_epoch
             no_sync = ddp_model.no_sync() if world > 1 and not sync else nullcontext()

@@ -1,0 +1,135 @@
+"""Few labels: uncertainty sampling on known scores (no Ray), pseudo-label choice, and a
+self-training run stopped in round 2 that resumes there (local Ray, tiny model and data)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raycls.bulk.output import result_schema
+from raycls.config import load_config
+from raycls.demo.datasets import make_dataset
+from raycls.fewlabel.select import read_predictions, select_rows, uncertainty, write_selection
+from raycls.fewlabel.selftrain import SelfTrainSettings, choose_pseudo_labels, self_train
+
+ROWS = [  # key, top_k_labels, top_k_scores, status
+    ("a.png", ["cat", "dog"], [0.90, 0.05], "ok"),  # margin 0.85
+    ("b.png", ["dog", "cat"], [0.50, 0.45], "ok"),  # margin 0.05: most uncertain
+    ("c.png", ["cat", "dog"], [0.60, 0.30], "ok"),  # margin 0.30
+    ("d.png", ["dog", "cat"], [0.40, 0.20], "ok"),  # margin 0.20, least confident
+    ("e.png", ["cat", "dog"], [0.99, 0.01], "ok"),
+    ("f.png", None, None, "error"),  # never selected
+]
+
+
+def _classify_output(folder: Path, rows=ROWS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = {name: [] for name in result_schema("path").names}
+    for key, labels, scores, status in rows:
+        cols["path"].append(key)
+        cols["label"].append(labels[0] if labels else None)
+        cols["score"].append(scores[0] if scores else None)
+        cols["top_k_labels"].append(labels)
+        cols["top_k_scores"].append(scores)
+        cols["caption"].append(None)
+        cols["status"].append(status)
+        cols["error"].append("bad image" if status == "error" else None)
+        cols["model"].append("m")
+    pq.write_table(pa.table(cols, schema=result_schema("path")), folder / "part-000000.parquet")
+    return folder
+
+
+def test_uncertainty_strategies_on_known_scores():
+    scores = [[0.9, 0.05], [0.5, 0.45], [0.4, 0.2]]
+    np.testing.assert_allclose(uncertainty(scores, "margin"), [0.15, 0.95, 0.8])
+    np.testing.assert_allclose(uncertainty(scores, "least-confident"), [0.1, 0.5, 0.6])
+    entropy = uncertainty(scores, "entropy")
+    assert entropy[1] > entropy[0] and entropy[2] > entropy[0]
+    with pytest.raises(ValueError, match="top 2"):
+        uncertainty([[0.9], [0.4]], "margin")
+    with pytest.raises(ValueError, match="choose one of"):
+        uncertainty(scores, "random")
+
+
+def test_select_returns_lowest_margin_rows_first(tmp_path):
+    out = _classify_output(tmp_path / "out")
+    picked = select_rows(str(out), n=3, strategy="margin")
+    assert picked.column("key").to_pylist() == ["b.png", "d.png", "c.png"]
+    least = select_rows(str(out), n=2, strategy="least-confident")
+    assert least.column("key").to_pylist() == ["d.png", "b.png"]
+    # per class: alternate between predicted labels, most uncertain of each first
+    spread = select_rows(str(out), n=4, strategy="margin", per_class=True)
+    assert spread.column("key").to_pylist() == ["b.png", "c.png", "d.png", "a.png"]
+    assert "f.png" not in select_rows(str(out), n=10).column("key").to_pylist()
+
+    write_selection(picked, str(tmp_path / "pick.csv"))
+    lines = (tmp_path / "pick.csv").read_text().splitlines()
+    assert len(lines) == 4 and "b.png" in lines[1] and "dog|cat" in lines[1]
+    write_selection(picked, str(tmp_path / "pick.parquet"))
+    assert pq.read_table(tmp_path / "pick.parquet").column("key").to_pylist()[0] == "b.png"
+    with pytest.raises(ValueError, match="not a classify output"):
+        read_predictions(str(tmp_path / "pick.parquet"))
+    with pytest.raises(ValueError, match="holds no classify output"):
+        read_predictions(str(tmp_path / "missing"))
+
+
+def test_pseudo_labels_threshold_and_per_class_quota(tmp_path):
+    out = _classify_output(tmp_path / "out")
+    kept = choose_pseudo_labels(str(out), SelfTrainSettings(threshold=0.55))
+    assert sorted(kept.column("key").to_pylist()) == ["a.png", "c.png", "e.png"]
+    capped = choose_pseudo_labels(str(out), SelfTrainSettings(threshold=0.55, per_class_quota=1))
+    assert capped.column("key").to_pylist() == ["e.png"]  # the highest-scoring cat only
+    with pytest.raises(ValueError, match="threshold"):
+        SelfTrainSettings(threshold=1.5)
+
+
+@pytest.mark.integration
+def test_self_train_stopped_in_round_2_resumes_there(tmp_path, ray_local):
+    make_dataset("digits", tmp_path / "d", per_class=8, size=16)
+    labeled, pool = tmp_path / "labeled", tmp_path / "pool"
+    for folder in sorted(p for p in (tmp_path / "d" / "train").iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.png"))
+        for dst, chosen in ((labeled, files[:3]), (pool, files[3:])):
+            (dst / folder.name).mkdir(parents=True)
+            for path in chosen:
+                shutil.copy(path, dst / folder.name / path.name)
+    config = load_config(
+        None,
+        model={"image_size": 16, "hidden_dim": 16, "fusion": "image_only", "text_encoder": "none"},
+        train={"epochs": 1, "batch_size": 16, "warmup_fraction": 0.0, "keep_checkpoints": 1},
+        classify={"shard_size": 20, "top_k": 2},
+    )
+    settings = SelfTrainSettings(rounds=2, threshold=0.0, per_class_quota=2)
+    args = (config, str(labeled), str(pool), str(tmp_path / "st"))
+    kwargs = {"val": str(tmp_path / "d" / "val"), "settings": settings}
+
+    def stop_in_round_2(message: str) -> None:
+        if message.startswith("round 2: training"):
+            raise KeyboardInterrupt("stopped in round 2")
+
+    with pytest.raises(KeyboardInterrupt):
+        self_train(*args, **kwargs, echo=stop_in_round_2)
+    state = json.loads((tmp_path / "st" / "rounds.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [0, 1]
+    round1_model = tmp_path / "st" / "rounds" / "01" / "model" / "config.json"
+    before = round1_model.stat().st_mtime_ns
+    assert (tmp_path / "st" / "rounds" / "02" / "predictions").is_dir()
+
+    messages: list[str] = []
+    result = self_train(*args, **kwargs, echo=messages.append)
+    assert [r["round"] for r in result["rounds"]] == [0, 1, 2]
+    assert result["rounds"][:2] == state["rounds"]  # finished rounds are not redone
+    assert round1_model.stat().st_mtime_ns == before
+    assert not any(m.startswith(("round 0", "round 1")) for m in messages)
+    last = result["rounds"][2]
+    assert last["pseudo_labels"] == 2 * len(last["per_class"]) > 0
+    assert set(last["per_class"].values()) == {2}
+    assert 0.0 <= last["pseudo_precision"] <= 1.0  # the pool is laid out by class
+    assert (tmp_path / "st" / "model" / "config.json").is_file()
+    assert not (tmp_path / "st" / "model" / "ray_train").exists()
