@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raycls.bulk.output import OutputDir
-from raycls.bulk.pipeline import commit_results
+from raycls.bulk.pipeline import commit_results, read_tasks
 from raycls.io.shards import Shard
 
 
@@ -65,3 +65,13 @@ def test_a_shard_left_incomplete_is_not_committed(tmp_path):
     with pytest.raises(RuntimeError, match="1 shards ended incomplete; rerun to resume"):
         commit_results(iter([rows(0, [0], 2)]), _shards(1), out, "path", "m")
     assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_first_read_tasks_are_one_batch_so_first_results_come_sooner():
+    files = Shard(0, "files", tuple(f"/in/{i}.jpg" for i in range(10)), num_rows=10)
+    parquet = Shard(1, "parquet", ("/in/x.parquet",), row_groups=(0, 1), num_rows=50)
+    tasks = read_tasks([files, parquet], rows=4, first_rows=2, first=2)
+    spans = [(t["index"], t["start"], len(t["paths"]), t["shard_rows"]) for t in tasks]
+    assert spans == [(0, 0, 2, 10), (0, 2, 2, 10), (0, 4, 2, 10), (0, 6, 2, 10), (0, 8, 2, 10),
+                     (1, 0, 1, 50)]  # fmt: skip
+    assert [p for t in tasks[:5] for p in t["paths"]] == list(files.paths)

@@ -140,8 +140,9 @@ def build_dataset(
                      "caption_size": c.caption_image_size if c.captioner else None,
                      "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
     # Read tasks of a few batches each: actors share big shards and finish together.
-    piece = PIECE_BATCHES * actors[0]["fn_constructor_kwargs"]["batch_size"]
-    items = [{"shard": json.dumps(task)} for s in shards for task in split_shard(s, piece)]
+    batch = actors[0]["fn_constructor_kwargs"]["batch_size"]
+    tasks = read_tasks(shards, PIECE_BATCHES * batch, batch, first=pools[0].initial_size)
+    items = [{"shard": json.dumps(task)} for task in tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # batch_size=None: a fused operator bundles inputs up to its largest batch_size, which
     # would put that many *shards* into one task. The stages chunk their input themselves.
@@ -159,6 +160,25 @@ def build_dataset(
             actor.update(compute=_pool(pool))
         ds = ds.map_batches(**actor)
     return ds
+
+
+def read_tasks(shards: list[Shard], rows: int, first_rows: int, first: int) -> list[dict]:
+    """Read tasks of `rows` files (see `split_shard`); the first `first` ones cut further into
+    tasks of `first_rows` files (a batch).
+
+    Ray Data hands a task's results on only when the task ends (its output buffer gathers
+    them into one block), so each actor's first results wait for its whole first task: one
+    batch instead of PIECE_BATCHES brings the first rows sooner (bench_classify.py prints
+    first_rows_s).
+    """
+    tasks = [task for s in shards for task in split_shard(s, rows)]
+    head = []
+    for task in tasks[:first]:
+        for part in split_shard(Shard.from_dict(task), first_rows):
+            # Positions and sizes stay those of the whole shard, not of this slice of it.
+            start = task.get("start", 0) + part["start"]
+            head.append({**part, "start": start, "shard_rows": task["shard_rows"]})
+    return head + tasks[first:]
 
 
 def pool_sizes(config: ClassifyConfig) -> list[PoolSize]:
