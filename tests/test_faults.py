@@ -26,7 +26,7 @@ from raycls.demo.datasets import make_dataset
 from raycls.io.storage import get_filesystem
 
 # Each test takes 1-2.5 minutes on 2 loaded cores (three Ray nodes start per test): opt-in.
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES, SHARD_SIZE = 600, 20  # 30 part files; the kill comes after the first one
@@ -100,8 +100,13 @@ def _wait_for_parts(uri: str, job: subprocess.Popen, at_least: int = 1) -> list[
     return parts
 
 
-def _finish(job: subprocess.Popen, timeout: float = 600) -> dict:
-    out, err = job.communicate(timeout=timeout)
+def _finish(job: subprocess.Popen, timeout: float = 1200) -> dict:
+    try:
+        out, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        out, err = job.communicate()
+        pytest.fail(f"the job did not finish in {timeout} s: {err[-5000:]}")
     assert job.returncode == 0, err[-5000:]
     return json.JSONDecoder().raw_decode(out[out.index("{") :])[0]  # Ray may print after it
 
@@ -183,7 +188,7 @@ def test_worker_node_killed_mid_training(nodes, shapes, s3):
 
     data, config = shapes
     out = f"{s3}/faults/train"
-    epochs = 6
+    epochs = 3
     job = nodes.raycls(
         "train",
         f"{data}/train",
