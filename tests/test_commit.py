@@ -47,17 +47,22 @@ def test_rows_sent_twice_by_retried_tasks_are_dropped_and_counted(tmp_path):
         rows(0, [2], 3),  # shard 0 complete: committed
         rows(0, [0, 2], 3),  # ... and repeated again after its commit
         rows(1, [0, 1], 2),
+        rows(1, [1], 2),  # a repeat when no shard is left in flight
     ]
-    result = commit_results(iter(batches), _shards(3), out, "path", "m")
-    assert result["repeated"] == 3
+    result = commit_results(iter(batches), _shards(2), out, "path", "m")
+    assert result["repeated"] == 4
     assert result["counts"] == {"ok": 2, "error": 3}  # the last row of each batch: error
     assert result["first_rows_at"] is not None
     paths = sorted((tmp_path / "out").glob("part-*.parquet"))
-    assert [p.name for p in paths] == [f"part-00000{i}.parquet" for i in range(3)]
+    assert [p.name for p in paths] == ["part-000000.parquet", "part-000001.parquet"]
     tables = [pq.read_table(p) for p in paths]
     assert tables[0]["path"].to_pylist() == ["s0r0", "s0r1", "s0r2"]
     assert tables[1]["path"].to_pylist() == ["s1r0", "s1r1"]
-    assert tables[2].num_rows == 0  # a shard without rows still gets its (empty) file
+
+
+def test_a_shard_without_rows_gets_an_empty_file(tmp_path):
+    commit_results(iter([rows(0, [0], 1)]), _shards(2), _out(tmp_path), "path", "m")
+    assert pq.read_table(tmp_path / "out" / "part-000001.parquet").num_rows == 0
 
 
 def test_a_shard_left_incomplete_is_not_committed(tmp_path):

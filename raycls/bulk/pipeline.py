@@ -255,7 +255,8 @@ def commit_results(
         first_rows_at = first_rows_at or time.perf_counter()
         received += batch.num_rows
         if not todo.issuperset(pc.unique(batch.column("shard")).to_pylist()):
-            batch = batch.filter(pc.is_in(batch.column("shard"), pa.array(sorted(todo))))
+            kept = pa.array(sorted(todo), batch.column("shard").type)
+            batch = batch.filter(pc.is_in(batch.column("shard"), kept))
         for index, table in collector.add(batch):
             out.write_shard(index, table)
             todo.discard(index)
