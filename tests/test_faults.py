@@ -38,7 +38,10 @@ class Nodes:
 
     def __init__(self, workers: int) -> None:
         self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
-                    "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+                    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+                    # Ray's OOM killer watches the whole machine: on a shared one it kills
+                    # these nodes' workers for others' memory. The faults here are the kills.
+                    "RAY_memory_monitor_refresh_ms": "0"}  # fmt: skip
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "cluster_nodes.py"), str(workers)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env,
