@@ -36,14 +36,14 @@ START_TIMEOUT_S = 900  # a loaded machine: Ray and the first epochs take minutes
 class Nodes:
     """The cluster process of tests/cluster_nodes.py, and the environment its jobs run in."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, cpus: int = 1) -> None:
         self.env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
                     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
                     # Ray's OOM killer watches the whole machine: on a shared one it kills
                     # these nodes' workers for others' memory. The faults here are the kills.
                     "RAY_memory_monitor_refresh_ms": "0"}  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "cluster_nodes.py"), str(workers)],
+            [sys.executable, str(ROOT / "tests" / "cluster_nodes.py"), str(workers), str(cpus)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env,
         )  # fmt: skip
         self.address = self._read()["address"]
@@ -76,6 +76,16 @@ class Nodes:
 def nodes(s3):
     """A fresh head + two worker nodes (1 CPU each) per test: every test kills something."""
     cluster = Nodes(workers=2)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def big_nodes(s3):
+    """Nodes of 2 CPUs: after losing one, the survivors still hold both Train workers AND a CPU
+    for Ray Data's reads of the training data (with 1-CPU nodes the restarted run waits for
+    one forever: "Cluster resources are not enough to run any task")."""
+    cluster = Nodes(workers=2, cpus=2)
     yield cluster
     cluster.close()
 
@@ -186,7 +196,8 @@ def _wait_for(uri: str, job: subprocess.Popen, found) -> set[str]:
     return names
 
 
-def test_worker_node_killed_mid_training(nodes, shapes, s3):
+def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
+    nodes = big_nodes
     from raycls.train.trainer import HISTORY_FILE, METRICS_FILE
 
     data, config = shapes
