@@ -82,7 +82,7 @@ def nodes(s3):
 
 @pytest.fixture
 def big_nodes(s3):
-    """Nodes of 2 CPUs: after losing one, the survivors still hold both Train workers AND a CPU
+    """Nodes of 2 CPUs: after losing one, the survivors still hold the Train workers AND a CPU
     for Ray Data's reads of the training data (with 1-CPU nodes the restarted run waits for
     one forever: "Cluster resources are not enough to run any task")."""
     cluster = Nodes(workers=2, cpus=2)
@@ -228,7 +228,8 @@ def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
     assert metrics["epochs_run"] == epochs and result["epochs_run"] == epochs
 
 
-def test_worker_node_killed_mid_sweep(nodes, shapes, s3, tmp_path):
+def test_worker_node_killed_mid_sweep(big_nodes, shapes, s3, tmp_path):
+    nodes = big_nodes
     from raycls.tune.results import DONE_FILE, TERMINATED
     from raycls.tune.trial import STARTS_FILE
 
