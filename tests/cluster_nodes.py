@@ -1,7 +1,7 @@
 """A Ray cluster of a head and worker nodes on this machine, every node on 127.0.0.1, run in a
 process of its own (so the test process never joins Ray) and driven through stdin:
 
-    python tests/cluster_nodes.py WORKERS   # prints {"address": ..., "workers": [...]}
+    python tests/cluster_nodes.py WORKERS [CPUS [HEAD_CPUS]]  # prints {"address": ..., ...}
     kill            # SIGKILLs every process of the newest worker node, prints {"killed": ...}
     kill NAME       # ... of a worker node running a process titled NAME (ray::RayTrainWorker)
     add             # starts one more worker node
@@ -21,7 +21,11 @@ NODE = {"node_ip_address": "127.0.0.1", "num_cpus": 1, "object_store_memory": 10
 def main() -> None:
     from ray.cluster_utils import Cluster
 
+    if len(sys.argv) > 2:
+        NODE["num_cpus"] = int(sys.argv[2])
     head = {**NODE, "include_dashboard": False, "dashboard_host": "127.0.0.1"}
+    if len(sys.argv) > 3:  # a head without CPUs: every task and worker runs on a worker node
+        head["num_cpus"] = int(sys.argv[3])
     cluster = _retried(lambda: Cluster(initialize_head=True, head_node_args=head))
     workers = [_retried(lambda: cluster.add_node(**NODE)) for _ in range(int(sys.argv[1]))]
     _say(address=cluster.address, workers=[w.node_id for w in workers])

@@ -8,7 +8,7 @@ import pytest
 
 from raycls.bulk.commit import commit_results
 from raycls.bulk.output import OutputDir
-from raycls.io.shards import Shard
+from raycls.io.shards import Shard, read_tasks
 
 
 def rows(shard: int, positions: list[int], total: int) -> pa.Table:
@@ -47,17 +47,22 @@ def test_rows_sent_twice_by_retried_tasks_are_dropped_and_counted(tmp_path):
         rows(0, [2], 3),  # shard 0 complete: committed
         rows(0, [0, 2], 3),  # ... and repeated again after its commit
         rows(1, [0, 1], 2),
+        rows(1, [1], 2),  # a repeat when no shard is left in flight
     ]
-    result = commit_results(iter(batches), _shards(3), out, "path", "m")
-    assert result["repeated"] == 3
+    result = commit_results(iter(batches), _shards(2), out, "path", "m")
+    assert result["repeated"] == 4
     assert result["counts"] == {"ok": 2, "error": 3}  # the last row of each batch: error
     assert result["first_rows_at"] is not None
     paths = sorted((tmp_path / "out").glob("part-*.parquet"))
-    assert [p.name for p in paths] == [f"part-00000{i}.parquet" for i in range(3)]
+    assert [p.name for p in paths] == ["part-000000.parquet", "part-000001.parquet"]
     tables = [pq.read_table(p) for p in paths]
     assert tables[0]["path"].to_pylist() == ["s0r0", "s0r1", "s0r2"]
     assert tables[1]["path"].to_pylist() == ["s1r0", "s1r1"]
-    assert tables[2].num_rows == 0  # a shard without rows still gets its (empty) file
+
+
+def test_a_shard_without_rows_gets_an_empty_file(tmp_path):
+    commit_results(iter([rows(0, [0], 1)]), _shards(2), _out(tmp_path), "path", "m")
+    assert pq.read_table(tmp_path / "out" / "part-000001.parquet").num_rows == 0
 
 
 def test_a_shard_left_incomplete_is_not_committed(tmp_path):
@@ -65,3 +70,13 @@ def test_a_shard_left_incomplete_is_not_committed(tmp_path):
     with pytest.raises(RuntimeError, match="1 shards ended incomplete; rerun to resume"):
         commit_results(iter([rows(0, [0], 2)]), _shards(1), out, "path", "m")
     assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_first_read_tasks_are_one_batch_so_first_results_come_sooner():
+    files = Shard(0, "files", tuple(f"/in/{i}.jpg" for i in range(10)), num_rows=10)
+    parquet = Shard(1, "parquet", ("/in/x.parquet",), row_groups=(0, 1), num_rows=50)
+    tasks = read_tasks([files, parquet], rows=4, first_rows=2, first=2)
+    spans = [(t["index"], t["start"], len(t["paths"]), t["shard_rows"]) for t in tasks]
+    assert spans == [(0, 0, 2, 10), (0, 2, 2, 10), (0, 4, 2, 10), (0, 6, 2, 10), (0, 8, 2, 10),
+                     (1, 0, 1, 50)]  # fmt: skip
+    assert [p for t in tasks[:5] for p in t["paths"]] == list(files.paths)

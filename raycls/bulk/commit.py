@@ -52,7 +52,8 @@ def commit_results(
         for item in batch.column("shard").value_counts().to_pylist():
             received[item["values"]] = received.get(item["values"], 0) + item["counts"]
         if not todo.issuperset(pc.unique(batch.column("shard")).to_pylist()):
-            batch = batch.filter(pc.is_in(batch.column("shard"), pa.array(sorted(todo))))
+            kept = pa.array(sorted(todo), batch.column("shard").type)
+            batch = batch.filter(pc.is_in(batch.column("shard"), kept))
         for index, table in collector.add(batch):
             committed += table.num_rows
             if index in redo:

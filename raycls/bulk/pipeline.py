@@ -23,7 +23,7 @@ from raycls.bulk.sizing import PoolSize, StageNeeds, plan_pools
 from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import check_parquet_columns, plan_shards
-from raycls.io.shards import Shard, split_shard
+from raycls.io.shards import Shard, read_tasks
 from raycls.io.storage import get_filesystem, is_remote, redact
 from raycls.models.predictor import ModelSpec, model_identity, resolve_model
 
@@ -192,10 +192,12 @@ def build_dataset(
                      "caption_size": c.caption_image_size if c.captioner else None,
                      "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
     # Read tasks of a few batches each: actors share big shards and finish together.
-    piece = PIECE_BATCHES * actors[0]["fn_constructor_kwargs"]["batch_size"]
+    batch = actors[0]["fn_constructor_kwargs"]["batch_size"]
+    piece = PIECE_BATCHES * batch
     redo = redo or {}
-    tasks = [t for s in shards for t in (redo_tasks(s, redo[s.index], piece)
-             if s.index in redo else split_shard(s, piece))]  # fmt: skip
+    fresh = [s for s in shards if s.index not in redo]
+    tasks = read_tasks(fresh, piece, batch, first=pools[0].initial_size)
+    tasks += [t for s in shards if s.index in redo for t in redo_tasks(s, redo[s.index], piece)]
     items = [{"shard": json.dumps(task)} for task in tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # batch_size=None: a fused operator bundles inputs up to its largest batch_size, which
