@@ -56,12 +56,10 @@ def load_images(args: argparse.Namespace) -> list[bytes]:
     return images
 
 
-def forward_bound(model_dir: str, settings, images: list[bytes], seconds: float) -> float:
+def forward_bound(predictor, images: list[bytes], seconds: float) -> float:
     """Images/s of the replica's forward pass alone, on pixels decoded beforehand."""
-    from raycls.serve.predictor import Predictor
-
-    predictor = Predictor(model_dir, settings)
-    items = predictor.decode(images[: settings.max_batch_size], [None] * settings.max_batch_size)
+    n = predictor.settings.max_batch_size
+    items = predictor.decode(images[:n], [None] * n)
     predictor.predict(items)  # warm-up
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -129,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     images = load_images(args)
     with tempfile.TemporaryDirectory(prefix="raycls-bench-serve-") as root:
         model_dir = make_model(Path(root), args.model_size)
-        bound = forward_bound(model_dir, settings, images, args.seconds)
+        from raycls.serve.predictor import Predictor
+
+        predictor = Predictor(model_dir, settings)
+        bound_before = forward_bound(predictor, images, args.seconds)
         init_ray(num_cpus=os.cpu_count())
         from ray import serve
 
@@ -139,14 +140,18 @@ def main(argv: list[str] | None = None) -> None:
                     for c in args.concurrency.split(",")]  # fmt: skip
         finally:
             serve.shutdown()
+        bound_after = forward_bound(predictor, images, args.seconds)
+    bound = max(bound_before, bound_after)
     print(f"\nforward bound (batch {args.max_batch_size}, {args.replica_cpus:g} CPU): "
-          f"{bound:.1f} images/s; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"{bound:.1f} images/s (before {bound_before:.1f}, after {bound_after:.1f}); "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"{'clients':>8} {'images/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'x bound':>8} errors")
     for row in rows:
         row["x_bound"] = round(row["images_per_s"] / bound, 3)
         print(f"{row['concurrency']:>8} {row['images_per_s']:>10.1f} {row['p50_ms']:>8.1f} "
               f"{row['p99_ms']:>8.1f} {row['x_bound']:>8.3f} {row['errors']}")  # fmt: skip
     print(json.dumps({"bench": "serve", "forward_bound_images_per_s": round(bound, 1),
+                      "bound_before": round(bound_before, 1), "bound_after": round(bound_after, 1),
                       "model_size": args.model_size, "replica_cpus": args.replica_cpus,
                       "max_batch_size": args.max_batch_size, "images_dir": args.images_dir,
                       "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
