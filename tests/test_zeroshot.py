@@ -47,6 +47,8 @@ def _images(n: int, size: int = 32) -> list:
 
 def test_labels_from_names_and_yaml(tmp_path):
     assert load_labels("cat, dog").names == ["cat", "dog"]
+    many = [f"class{i}" for i in range(300)]  # longer than a file name may be
+    assert load_labels(",".join(many)).names == many
     path = tmp_path / "labels.yaml"
     path.write_text(
         "templates: ['a photo of a {}.', 'a drawing of a {}.']\n"
