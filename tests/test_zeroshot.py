@@ -103,6 +103,10 @@ def test_kinds_come_from_architectures_never_from_names():
         check_kind("m", {**clip, "architectures": ["CLIPModel"]}, "hf-classifier")
     with pytest.raises(ValueError, match="--model-kind caption"):
         check_kind("m", {"model_type": "bert", "architectures": ["BertModel"]}, "auto")
+    custom = {"model_type": "mine", "auto_map": {"AutoModel": "modeling_mine.MyModel"}}
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        check_kind("m", custom, "zero-shot")
+    assert check_kind("m", custom, "zero-shot", trust_remote_code=True) == "zero-shot"
 
 
 def test_resolve_model_checks_labels_and_paths(tiny):

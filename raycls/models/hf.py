@@ -89,10 +89,26 @@ def candidate_kinds(config: dict[str, Any]) -> set[str]:
     return ({"hf-classifier"} if classifier else set()) | ({"zero-shot"} if zero_shot else set())
 
 
-def check_kind(source: str, config: dict[str, Any], kind: str) -> str:
-    """The kind of the model in `source`: `kind` if the config fits it, else a clear error."""
+def check_kind(
+    source: str, config: dict[str, Any], kind: str, trust_remote_code: bool = False
+) -> str:
+    """The kind of the model in `source`: `kind` if the config fits it, else a clear error.
+
+    A model with its own code (`auto_map`) is unknown to transformers' mappings: it runs only
+    with trust_remote_code and an explicit kind, which its Auto class then checks on loading.
+    """
     kinds = candidate_kinds(config)
     what = f"model_type {config.get('model_type')!r}, architectures {config.get('architectures')}"
+    if config.get("auto_map") and not kinds and kind != "raycls":
+        if not trust_remote_code:
+            raise ValueError(
+                f"{source!r} ({what}) ships its own model code; it runs only with "
+                "trust_remote_code (--trust-remote-code, classify.trust_remote_code=true) and "
+                "an explicit --model-kind"
+            )
+        if kind == "auto":
+            raise ValueError(f"{source!r} ({what}) ships its own model code; {_KIND_HINT}")
+        return kind
     if kind == "auto":
         if len(kinds) == 1:
             return kinds.pop()

@@ -111,7 +111,7 @@ def resolve_model(
         image = ImageInput(CAPTION_IMAGE_SIZE)
     else:
         config = hf.read_model_file(source, "config.json")
-        kind = hf.check_kind(source, config, kind)
+        kind = hf.check_kind(source, config, kind, trust_remote_code)
         if kind == "raycls":
             image = ImageInput(int(config["model"].get("image_size", 128)))
         else:
