@@ -117,6 +117,8 @@ def test_resolve_model_checks_labels_and_paths(tiny):
         resolve_model(tiny["vit"], labels="cat,dog")
     with pytest.raises(ValueError, match="does not exist"):
         resolve_model("./no/such/model")
+    with pytest.raises(ValueError, match="Hugging Face hub or its cache"):  # offline in tests
+        resolve_model("nobody/no-such-model")
     with pytest.raises(ValueError, match="not valid"):
         resolve_model(tiny["vit"], kind="clip")
     spec = resolve_model(tiny["siglip"], labels="cat,dog", raw_scores=True)
