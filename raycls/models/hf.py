@@ -61,6 +61,18 @@ def read_model_file(source: str, name: str) -> dict[str, Any]:
         raise ValueError(f"{join(source, name)!r} is not valid JSON: {e}") from e
 
 
+def read_image_processor(source: str) -> dict[str, Any]:
+    """The image processor's settings: preprocessor_config.json, or the processor_config.json
+    that a whole processor's save_pretrained writes in transformers 5 (it nests them)."""
+    try:
+        return read_model_file(source, "preprocessor_config.json")
+    except ValueError as first:
+        try:
+            return read_model_file(source, "processor_config.json")
+        except ValueError:
+            raise first from None
+
+
 def _mapping_names(mapping: dict[str, Any], model_type: str) -> set[str]:
     names = mapping.get(model_type, ())
     return {names} if isinstance(names, str) else set(names)

@@ -115,7 +115,7 @@ def resolve_model(
         if kind == "raycls":
             image = ImageInput(int(config["model"].get("image_size", 128)))
         else:
-            pre = hf.read_model_file(source, "preprocessor_config.json")
+            pre = hf.read_image_processor(source)
             image = ImageInput(**hf.image_settings(source, pre))
     if kind in ZERO_SHOT_KINDS and labels is None and not labels_optional:
         raise ValueError(
@@ -152,7 +152,8 @@ def model_identity(spec: ModelSpec) -> dict[str, Any]:
     from raycls.models.hf import weights_file
 
     if spec.kind == "raycls":
-        return {"model_sha256": model_fingerprint(spec.source)["sha256"]}
+        out = {"model_sha256": model_fingerprint(spec.source)["sha256"]}
+        return {**out, "raw_scores": True} if spec.raw_scores else out
     source = _local_source(spec)
     weights = weights_file(source)
     digest = model_fingerprint(source, ("config.json", weights))["sha256"] if weights else None
