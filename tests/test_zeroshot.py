@@ -241,3 +241,22 @@ def test_describe_labels_writes_an_editable_labels_file(tmp_path):
     result = CliRunner().invoke(cli, ["describe-labels", "cat", "--llm", str(tmp_path / "none"),
                                       "--out", str(out)])  # fmt: skip
     assert result.exit_code != 0 and "AutoModelForCausalLM" in result.output
+
+
+def test_describer_uses_a_chat_template_when_the_tokenizer_has_one(tmp_path):
+    from transformers import AutoTokenizer
+
+    from raycls.models.describe import Describer
+
+    llm = make_tiny_causal_lm(tmp_path / "chat")
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    tokenizer.chat_template = "{% for m in messages %}Q: {{ m['content'] }}\nA:{% endfor %}"
+    tokenizer.save_pretrained(llm)
+    describer = Describer(llm, max_new_tokens=5)
+    assert (
+        describer.chat
+        and "describe what a red circle looks like" in describer._prompt("red circle")[0]
+    )
+    torch.manual_seed(0)
+    descriptions = describer("red_circle", 2)
+    assert 1 <= len(descriptions) <= 2 and all(d and "\n" not in d for d in descriptions)
