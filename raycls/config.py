@@ -20,6 +20,8 @@ POOLINGS = ("mean", "cls", "last")
 TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# config.json's "format" in a model directory written by `raycls train`.
+MODEL_FORMAT = "raycls-model"
 # What `--model` holds; see raycls.models.predictor. "auto" reads it from the model's config.
 MODEL_KINDS = ("auto", "raycls", "hf-classifier", "zero-shot", "caption")
 

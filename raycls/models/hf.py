@@ -13,13 +13,14 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from raycls.config import MODEL_FORMAT
 from raycls.io.storage import is_remote, join, read_bytes
-from raycls.models.classifier import FORMAT_NAME
 from raycls.models.predictor import ModelSpec, Predictor
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def _mapping_names(mapping: dict[str, Any], model_type: str) -> set[str]:
 
 def candidate_kinds(config: dict[str, Any]) -> set[str]:
     """The kinds a config.json fits: {"raycls"}, {"hf-classifier"}, {"zero-shot"}, both, none."""
+    if config.get("format") == MODEL_FORMAT:
+        return {"raycls"}
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS,
     )
@@ -87,8 +90,6 @@ def candidate_kinds(config: dict[str, Any]) -> set[str]:
         MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES as ZERO_SHOT,
     )
 
-    if config.get("format") == FORMAT_NAME:
-        return {"raycls"}
     model_type = config.get("model_type", "")
     classifier, zero_shot = (
         _mapping_names(CLASSIFIERS, model_type),
@@ -202,6 +203,7 @@ class HFClassifierPredictor(Predictor):
     """`AutoModelForImageClassification`; softmax scores (sigmoid for multi-label models)."""
 
     def __init__(self, folder: str, spec: ModelSpec, device: str) -> None:
+        import torch
         from transformers import AutoModelForImageClassification
 
         self.model = AutoModelForImageClassification.from_pretrained(

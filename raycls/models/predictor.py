@@ -18,14 +18,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from raycls.config import MODEL_KINDS
+from raycls.config import MODEL_FORMAT, MODEL_KINDS
 from raycls.io.images import IMAGENET_MEAN, IMAGENET_STD
 from raycls.models.labels import LabelSet, load_labels
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +135,11 @@ def resolve_model(
 def is_raycls_model(source: str) -> bool:
     """Whether `source` is a folder (or URI) holding a model from `raycls train`."""
     from raycls.io.storage import is_remote, join, read_json
-    from raycls.models.classifier import FORMAT_NAME
 
     if not is_remote(source) and not Path(source, "config.json").is_file():
         return False
     try:
-        return read_json(join(source, "config.json")).get("format") == FORMAT_NAME
+        return read_json(join(source, "config.json")).get("format") == MODEL_FORMAT
     except Exception:  # unreadable or not JSON: not a raycls model either way
         return False
 
@@ -176,6 +177,8 @@ class Predictor:
     activation = "softmax"  # or "sigmoid" (multi-label classifiers)
 
     def __init__(self, labels: Sequence[str], image: ImageInput, device: str, raw: bool) -> None:
+        import torch
+
         self.labels = list(labels)
         self.image = image
         self.device = device
@@ -192,6 +195,8 @@ class Predictor:
         self, pixels: np.ndarray, texts: Sequence[str | None] | None = None
     ) -> tuple[np.ndarray, list[str | None]]:
         """Scores float32 [N, labels] (NaN rows where a row failed) and each row's error."""
+        import torch
+
         texts = list(texts) if texts is not None else [None] * len(pixels)
         cuda = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda):
