@@ -8,8 +8,11 @@ Classification times the fused model (default: resnet50 at 224 px + all-MiniLM-L
 random head weights, the shipped offline MiniLM) on pixels copied from pinned host memory each
 step, with a text per image. Captioning times `raycls.models.captioner.Captioner` (processor on
 CPU included, as in the pipeline's actors) on 384 px uint8 images; without `--captioner` a tiny
-random BLIP is built locally, which measures overhead, not a real captioner. `--pipeline N`
-also runs `raycls classify` end to end on N generated JPEGs with one GPU classification actor.
+random BLIP is built locally, which measures overhead, not a real captioner. Zero-shot times
+`raycls.models.predictor.load_predictor` on a CLIP-style model (`--zero-shot`, default a tiny
+random CLIP at 224 px from tests/tiny_models.py) against 100 labels, on float16 numpy pixels as
+the pipeline's actors receive them. `--pipeline N` also runs `raycls classify` end to end on
+N generated JPEGs with one GPU classification actor.
 """
 
 from __future__ import annotations
@@ -103,6 +106,34 @@ def bench_caption(args: argparse.Namespace, device: str) -> list[dict]:
     return results
 
 
+def bench_zeroshot(args: argparse.Namespace, device: str) -> list[dict]:
+    from raycls.models.predictor import load_predictor, resolve_model
+
+    name = args.zero_shot
+    if name is None:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from tiny_models import make_tiny_clip
+
+        name = str(Path(args.workdir) / "tiny-clip-224")
+        if not Path(name, "config.json").exists():
+            make_tiny_clip(name, image_size=224)
+    labels = ",".join(f"class{i}" for i in range(100))
+    spec = resolve_model(name, kind="zero-shot", labels=labels)
+    predictor = load_predictor(spec, device)
+    side = spec.image.size
+    print(f"zero-shot: {name} at {side} px, 100 labels")
+    results = []
+    for batch_size in args.classify_batch_sizes:
+        pixels = np.random.default_rng(0).standard_normal((batch_size, 3, side, side))
+        pixels = pixels.astype(np.float16)
+        rate = _timed(lambda pixels=pixels: predictor(pixels), device, args.seconds, batch_size)
+        results.append({"task": "zero-shot", "batch_size": batch_size, "images_per_s": rate})
+        print(f"  zero-shot batch {batch_size:5d}: {rate:9.1f} images/s", flush=True)
+    return results
+
+
 def bench_pipeline(args: argparse.Namespace, device: str) -> dict:
     """`raycls classify` end to end: CPU decode tasks feeding one GPU classification actor."""
     from PIL import Image
@@ -148,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classify-batch-sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--caption-batch-sizes", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--caption-px", type=int, default=384)
+    parser.add_argument(
+        "--zero-shot", default=None, help="CLIP-style hub id or dir; default: tiny CLIP"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
     parser.add_argument("--pipeline", type=int, default=None, help="images for the e2e run")
@@ -169,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{os.cpu_count()}"
     print(f"device: {name}")
     results = bench_classify(args, device) + bench_caption(args, device)
+    results += bench_zeroshot(args, device)
     if args.pipeline:
         results.append(bench_pipeline(args, device))
     if args.json:

@@ -22,6 +22,8 @@ TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+# config.json's "format" in a model directory written by `raycls train`.
+MODEL_FORMAT = "raycls-model"
 # What `--model` holds; see raycls.models.predictor. "auto" reads it from the model's config.
 MODEL_KINDS = ("auto", "raycls", "hf-classifier", "zero-shot", "caption")
 # Bigger input files (images, tar members) become error rows instead of being read.

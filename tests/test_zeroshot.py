@@ -47,6 +47,8 @@ def _images(n: int, size: int = 32) -> list:
 
 def test_labels_from_names_and_yaml(tmp_path):
     assert load_labels("cat, dog").names == ["cat", "dog"]
+    many = [f"class{i}" for i in range(300)]  # longer than a file name may be
+    assert load_labels(",".join(many)).names == many
     path = tmp_path / "labels.yaml"
     path.write_text(
         "templates: ['a photo of a {}.', 'a drawing of a {}.']\n"
@@ -101,6 +103,10 @@ def test_kinds_come_from_architectures_never_from_names():
         check_kind("m", {**clip, "architectures": ["CLIPModel"]}, "hf-classifier")
     with pytest.raises(ValueError, match="--model-kind caption"):
         check_kind("m", {"model_type": "bert", "architectures": ["BertModel"]}, "auto")
+    custom = {"model_type": "mine", "auto_map": {"AutoModel": "modeling_mine.MyModel"}}
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        check_kind("m", custom, "zero-shot")
+    assert check_kind("m", custom, "zero-shot", trust_remote_code=True) == "zero-shot"
 
 
 def test_resolve_model_checks_labels_and_paths(tiny):
@@ -111,6 +117,8 @@ def test_resolve_model_checks_labels_and_paths(tiny):
         resolve_model(tiny["vit"], labels="cat,dog")
     with pytest.raises(ValueError, match="does not exist"):
         resolve_model("./no/such/model")
+    with pytest.raises(ValueError, match="Hugging Face hub or its cache"):  # offline in tests
+        resolve_model("nobody/no-such-model")
     with pytest.raises(ValueError, match="not valid"):
         resolve_model(tiny["vit"], kind="clip")
     spec = resolve_model(tiny["siglip"], labels="cat,dog", raw_scores=True)
@@ -134,7 +142,8 @@ def test_zero_shot_scores_equal_the_models_own(tiny):
             AutoModel.from_pretrained(tiny[name]),
             AutoTokenizer.from_pretrained(tiny[name]),
         )
-        tokens = tokenizer(LABELS, padding=padding, max_length=16, return_tensors="pt")
+        tokens = tokenizer(LABELS, padding=padding, truncation=True, max_length=16,
+                           return_tensors="pt")  # fmt: skip
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (predictor.image.mean,
                                                                 predictor.image.std))  # fmt: skip
         rgb = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
@@ -233,3 +242,22 @@ def test_describe_labels_writes_an_editable_labels_file(tmp_path):
     result = CliRunner().invoke(cli, ["describe-labels", "cat", "--llm", str(tmp_path / "none"),
                                       "--out", str(out)])  # fmt: skip
     assert result.exit_code != 0 and "AutoModelForCausalLM" in result.output
+
+
+def test_describer_uses_a_chat_template_when_the_tokenizer_has_one(tmp_path):
+    from transformers import AutoTokenizer
+
+    from raycls.models.describe import Describer
+
+    llm = make_tiny_causal_lm(tmp_path / "chat")
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    tokenizer.chat_template = "{% for m in messages %}Q: {{ m['content'] }}\nA:{% endfor %}"
+    tokenizer.save_pretrained(llm)
+    describer = Describer(llm, max_new_tokens=5)
+    assert (
+        describer.chat
+        and "describe what a red circle looks like" in describer._prompt("red circle")[0]
+    )
+    torch.manual_seed(0)
+    descriptions = describer("red_circle", 2)
+    assert 1 <= len(descriptions) <= 2 and all(d and "\n" not in d for d in descriptions)

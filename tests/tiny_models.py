@@ -166,7 +166,7 @@ def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> str
 
     The text tower pools at the [SEP] token that tokenizer ends every text with.
     """
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     path = Path(path)
     make_tiny_bert(path)
@@ -179,7 +179,11 @@ def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> str
     config = CLIPConfig(text_config=text, vision_config=_tiny_vision(image_size), projection_dim=16)
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(path)
-    _image_processor("CLIPImageProcessor", image_size, crop=True).save_pretrained(path)
+    # Saved as a whole processor: transformers 5 writes processor_config.json (no
+    # preprocessor_config.json); the other helpers save the image processor alone.
+    image_processor = _image_processor("CLIPImageProcessor", image_size, crop=True)
+    tokenizer = BertTokenizerFast.from_pretrained(path)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return str(path)
 
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from raycls.config import Config, ModelConfig
+from raycls.config import MODEL_FORMAT, Config, ModelConfig
 from raycls.models.backbones import Backbone, build_backbone, check_backbone
 from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from raycls.models.fusion import Features, build_fusion, fusion_spec
@@ -27,7 +27,6 @@ from raycls.models.text import TextEncoder, build_text_encoder, resolve_text_enc
 
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "raycls-model"  # config.json's "format": what tells a raycls model apart
 FORMAT_VERSION = 1
 
 
@@ -224,7 +223,7 @@ def save_model(model: FusedClassifier, path: str | Path, extra: dict | None = No
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     meta = {
-        "format": FORMAT_NAME,
+        "format": MODEL_FORMAT,
         "format_version": FORMAT_VERSION,
         "raycls_version": _version(),
         "model": dataclasses.asdict(model.config),

@@ -13,13 +13,14 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from raycls.config import MODEL_FORMAT
 from raycls.io.storage import is_remote, join, read_bytes
-from raycls.models.classifier import FORMAT_NAME
 from raycls.models.predictor import ModelSpec, Predictor
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,18 @@ def read_model_file(source: str, name: str) -> dict[str, Any]:
         raise ValueError(f"{join(source, name)!r} is not valid JSON: {e}") from e
 
 
+def read_image_processor(source: str) -> dict[str, Any]:
+    """The image processor's settings: preprocessor_config.json, or the processor_config.json
+    that a whole processor's save_pretrained writes in transformers 5 (it nests them)."""
+    try:
+        return read_model_file(source, "preprocessor_config.json")
+    except ValueError as first:
+        try:
+            return read_model_file(source, "processor_config.json")
+        except ValueError:
+            raise first from None
+
+
 def _mapping_names(mapping: dict[str, Any], model_type: str) -> set[str]:
     names = mapping.get(model_type, ())
     return {names} if isinstance(names, str) else set(names)
@@ -68,6 +81,8 @@ def _mapping_names(mapping: dict[str, Any], model_type: str) -> set[str]:
 
 def candidate_kinds(config: dict[str, Any]) -> set[str]:
     """The kinds a config.json fits: {"raycls"}, {"hf-classifier"}, {"zero-shot"}, both, none."""
+    if config.get("format") == MODEL_FORMAT:
+        return {"raycls"}
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS,
     )
@@ -75,8 +90,6 @@ def candidate_kinds(config: dict[str, Any]) -> set[str]:
         MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES as ZERO_SHOT,
     )
 
-    if config.get("format") == FORMAT_NAME:
-        return {"raycls"}
     model_type = config.get("model_type", "")
     classifier, zero_shot = (
         _mapping_names(CLASSIFIERS, model_type),
@@ -89,10 +102,26 @@ def candidate_kinds(config: dict[str, Any]) -> set[str]:
     return ({"hf-classifier"} if classifier else set()) | ({"zero-shot"} if zero_shot else set())
 
 
-def check_kind(source: str, config: dict[str, Any], kind: str) -> str:
-    """The kind of the model in `source`: `kind` if the config fits it, else a clear error."""
+def check_kind(
+    source: str, config: dict[str, Any], kind: str, trust_remote_code: bool = False
+) -> str:
+    """The kind of the model in `source`: `kind` if the config fits it, else a clear error.
+
+    A model with its own code (`auto_map`) is unknown to transformers' mappings: it runs only
+    with trust_remote_code and an explicit kind, which its Auto class then checks on loading.
+    """
     kinds = candidate_kinds(config)
     what = f"model_type {config.get('model_type')!r}, architectures {config.get('architectures')}"
+    if config.get("auto_map") and not kinds and kind != "raycls":
+        if not trust_remote_code:
+            raise ValueError(
+                f"{source!r} ({what}) ships its own model code; it runs only with "
+                "trust_remote_code (--trust-remote-code, classify.trust_remote_code=true) and "
+                "an explicit --model-kind"
+            )
+        if kind == "auto":
+            raise ValueError(f"{source!r} ({what}) ships its own model code; {_KIND_HINT}")
+        return kind
     if kind == "auto":
         if len(kinds) == 1:
             return kinds.pop()
@@ -174,6 +203,7 @@ class HFClassifierPredictor(Predictor):
     """`AutoModelForImageClassification`; softmax scores (sigmoid for multi-label models)."""
 
     def __init__(self, folder: str, spec: ModelSpec, device: str) -> None:
+        import torch
         from transformers import AutoModelForImageClassification
 
         self.model = AutoModelForImageClassification.from_pretrained(

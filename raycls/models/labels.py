@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -127,8 +126,8 @@ def _short(value: Any) -> str:
 
 
 def load_labels(spec: str) -> LabelSet:
-    """`cat,dog,bird` or the path (or URI) of a labels YAML file."""
-    if spec.lower().endswith(YAML_SUFFIXES) or Path(spec).is_file():
+    """`cat,dog,bird` or the path (or URI) of a labels YAML file (.yaml or .yml)."""
+    if spec.lower().endswith(YAML_SUFFIXES):
         from raycls.io.storage import read_bytes
 
         data = read_bytes(spec)

@@ -18,15 +18,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from raycls.config import MODEL_KINDS
+from raycls.config import MODEL_FORMAT, MODEL_KINDS
 from raycls.io.images import IMAGENET_MEAN, IMAGENET_STD
 from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from raycls.models.labels import LabelSet, load_labels
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +114,11 @@ def resolve_model(
         image = ImageInput(CAPTION_IMAGE_SIZE)
     else:
         config = hf.read_model_file(source, "config.json")
-        kind = hf.check_kind(source, config, kind)
+        kind = hf.check_kind(source, config, kind, trust_remote_code)
         if kind == "raycls":
             image = ImageInput(int(config["model"].get("image_size", 128)))
         else:
-            pre = hf.read_model_file(source, "preprocessor_config.json")
+            pre = hf.read_image_processor(source)
             image = ImageInput(**hf.image_settings(source, pre))
     if kind in ZERO_SHOT_KINDS and labels is None and not labels_optional:
         raise ValueError(
@@ -134,12 +136,11 @@ def resolve_model(
 def is_raycls_model(source: str) -> bool:
     """Whether `source` is a folder (or URI) holding a model from `raycls train`."""
     from raycls.io.storage import is_remote, join, read_json
-    from raycls.models.classifier import FORMAT_NAME
 
     if not is_remote(source) and not Path(source, "config.json").is_file():
         return False
     try:
-        return read_json(join(source, "config.json")).get("format") == FORMAT_NAME
+        return read_json(join(source, "config.json")).get("format") == MODEL_FORMAT
     except Exception:  # unreadable or not JSON: not a raycls model either way
         return False
 
@@ -154,7 +155,8 @@ def model_identity(spec: ModelSpec) -> dict[str, Any]:
     from raycls.models.hf import weights_file
 
     if spec.kind == "raycls":
-        return {"model_sha256": model_fingerprint(spec.source)["sha256"]}
+        out = {"model_sha256": model_fingerprint(spec.source)["sha256"]}
+        return {**out, "raw_scores": True} if spec.raw_scores else out
     source = _local_source(spec)
     weights = weights_file(source)
     digest = model_fingerprint(source, ("config.json", weights))["sha256"] if weights else None
@@ -177,6 +179,8 @@ class Predictor:
     activation = "softmax"  # or "sigmoid" (multi-label classifiers)
 
     def __init__(self, labels: Sequence[str], image: ImageInput, device: str, raw: bool) -> None:
+        import torch
+
         self.labels = list(labels)
         self.image = image
         self.device = device
@@ -193,6 +197,8 @@ class Predictor:
         self, pixels: np.ndarray, texts: Sequence[str | None] | None = None
     ) -> tuple[np.ndarray, list[str | None]]:
         """Scores float32 [N, labels] (NaN rows where a row failed) and each row's error."""
+        import torch
+
         texts = list(texts) if texts is not None else [None] * len(pixels)
         cuda = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda):
