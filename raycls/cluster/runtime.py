@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 
 from raycls.cluster.console import quiet_driver, quiet_local_workers
-from raycls.io.storage import is_remote
+from raycls.io.storage import is_remote, is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _loopback_kept(address: str) -> Iterator[None]:
     through the network. The driver still attaches to the Ray node running on this machine,
     whatever address that node registered.
     """
-    host = address.rpartition(":")[0] if "://" not in address else ""
+    host = "" if is_uri(address) else address.rpartition(":")[0]
     if host.lower() not in LOOPBACK_HOSTS:
         yield
         return

@@ -281,8 +281,9 @@ def _exists(uri: str) -> bool:
 
 def _publish(model: str, target: str) -> None:
     """The best round's model files (not its Ray Train checkpoints) to `target`."""
+    from raycls.models.files import CONFIG_FILE
     from raycls.train.trainer import RAY_TRAIN_DIR
 
     fs, path = get_filesystem(target)
     fs.delete_dir_contents(path, missing_dir_ok=True)
-    copy_dir(model, target, last="config.json", skip=(RAY_TRAIN_DIR,))
+    copy_dir(model, target, last=CONFIG_FILE, skip=(RAY_TRAIN_DIR,))

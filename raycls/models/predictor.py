@@ -137,10 +137,10 @@ def is_raycls_model(source: str) -> bool:
     """Whether `source` is a folder (or URI) holding a model from `raycls train`."""
     from raycls.io.storage import is_remote, join, read_json
 
-    if not is_remote(source) and not Path(source, "config.json").is_file():
+    if not is_remote(source) and not Path(source, CONFIG_FILE).is_file():
         return False
     try:
-        return read_json(join(source, "config.json")).get("format") == MODEL_FORMAT
+        return read_json(join(source, CONFIG_FILE)).get("format") == MODEL_FORMAT
     except Exception:  # unreadable or not JSON: not a raycls model either way
         return False
 
