@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -93,13 +94,13 @@ def run_plain(args) -> dict:
     return {**result, "test_accuracy": accuracy}
 
 
-def run_raycls(data: str, epochs: int, workers: int, out: str) -> dict:
+def run_raycls(data: str, epochs: int, workers: int, out: str, overrides: list[str]) -> dict:
     """`raycls train` as a user runs it, then the saved model scored here."""
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     command = [
         sys.executable, "-m", "raycls", "train", f"{data}/train", "--out", out,
         "--epochs", str(epochs), "--num-workers", str(workers),
-        "--fusion", "image_only", "--text-encoder", "none", "train.patience=100",
+        "--fusion", "image_only", "--text-encoder", "none", "train.patience=100", *overrides,
     ]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -130,43 +131,62 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32, help="the plain loop's Resize")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="raycls settings, e.g. data.crop=resized",
+    )
+    parser.add_argument("--no-plain", action="store_true", help="raycls only (no ratios)")
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain:
         print(json.dumps(run_plain(args)))
         return
     load = [os.getloadavg()[0]]
-    started = time.perf_counter()
-    command = [sys.executable, __file__, "--plain", "--data", args.data,
-               "--epochs", str(args.epochs), "--image-size", str(args.image_size)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    plain = json.loads(done.stdout.strip().splitlines()[-1])
-    plain["wall_s"] = time.perf_counter() - started
-    plain["samples_per_s"] = plain["train_rows"] * args.epochs / plain["wall_s"]
-    load.append(os.getloadavg()[0])
+    plain = None
+    if not args.no_plain:
+        started = time.perf_counter()
+        command = [sys.executable, __file__, "--plain", "--data", args.data,
+                   "--epochs", str(args.epochs), "--image-size", str(args.image_size)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        plain = json.loads(done.stdout.strip().splitlines()[-1])
+        plain["wall_s"] = time.perf_counter() - started
+        plain["samples_per_s"] = plain["train_rows"] * args.epochs / plain["wall_s"]
+        load.append(os.getloadavg()[0])
     runs = {}
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
-            runs[workers] = run_raycls(args.data, args.epochs, workers, f"{tmp}/model")
+            runs[workers] = run_raycls(
+                args.data, args.epochs, workers, f"{tmp}/model", args.override
+            )
         load.append(os.getloadavg()[0])
     print(
         f"{args.epochs} epochs, resnet18 from scratch, {os.cpu_count()} CPUs; "
         f"1-min load average {', '.join(f'{x:.1f}' for x in load)} (start, after each run)"
     )
     print(f"{'run':<24}{'wall s':>9}{'samples/s':>11}{'test acc':>10}{'wall ratio':>12}")
-    print(f"{'plain loop':<24}{plain['wall_s']:>9.0f}{plain['samples_per_s']:>11.1f}"
-          f"{plain['test_accuracy']:>10.3f}{1.0:>12.2f}")  # fmt: skip
-    figures = {"plain": plain, "load_average": load, "epochs": args.epochs}
+    if plain:
+        print(f"{'plain loop':<24}{plain['wall_s']:>9.0f}{plain['samples_per_s']:>11.1f}"
+              f"{plain['test_accuracy']:>10.3f}{1.0:>12.2f}")  # fmt: skip
+    figures = {
+        "plain": plain,
+        "load_average": load,
+        "epochs": args.epochs,
+        "overrides": args.override,
+    }
     for workers, run in runs.items():
-        ratio = run["wall_s"] / plain["wall_s"]
-        name = f"raycls --num-workers {workers}"
+        ratio = run["wall_s"] / plain["wall_s"] if plain else math.nan
+        name = f"raycls --num-workers {workers}" + (" *" if args.override else "")
         print(f"{name:<24}{run['wall_s']:>9.0f}{run['samples_per_s']:>11.1f}"
               f"{run['test_accuracy']:>10.3f}{ratio:>12.2f}")  # fmt: skip
         figures[f"raycls_{workers}"] = {
             **run,
-            "wall_ratio": ratio,
-            "accuracy_gain": run["test_accuracy"] - plain["test_accuracy"],
+            "wall_ratio": ratio if plain else None,
+            "accuracy_gain": run["test_accuracy"] - plain["test_accuracy"] if plain else None,
         }
+    if args.override:
+        print(f"* with {' '.join(args.override)}")
     print(json.dumps(figures))
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import ray.cloudpickle
+
 # Private Ray Train API (checked against Ray 2.60): a callback whose `on_report` runs on every
 # worker, inside each `ray.train.report` call.
 from ray.train.v2._internal.execution.callback import TrainContextCallback
+
+# Ray's workers cannot import this tests/ module: its callbacks travel by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # Seconds before dying, so the controller has collected the previous report (Ray Train polls
 # workers every 2 s; a report not yet collected dies with the worker).

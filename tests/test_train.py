@@ -355,7 +355,7 @@ def test_pretrained_backbone_from_a_local_file_frozen_for_the_first_epoch(
     fit(config, str(digits / "train"), str(out), val_data=str(digits / "val"))
     saved, key = load_file(str(weights)), "backbone.trunk.layer1.0.conv1.weight"
     by_epoch = {}
-    for folder in (out / "ray_train" / "train").glob("checkpoint_*"):
+    for folder in (out / "ray_train" / "train").glob("checkpoint_*/"):
         meta = json.loads((folder / "model" / "config.json").read_text())
         by_epoch[meta["extra"]["metrics"]["epoch"]] = load_file(
             str(folder / "model" / "model.safetensors")
