@@ -324,6 +324,14 @@ def test_image_size_comes_from_the_data_or_the_pretrained_weights():
     assert pretrained_image_size("inception_v3", "DEFAULT") == 299
 
 
+def test_crops_shift_images_near_the_training_size_and_zoom_into_large_ones():
+    from raycls.train.data import _choose_crop
+
+    assert _choose_crop("auto", 32, 32) == "shift" and _choose_crop("auto", 63, 32) == "shift"
+    assert _choose_crop("auto", 64, 32) == "resized" and _choose_crop("auto", 500, 224) == "resized"
+    assert _choose_crop("resized", 32, 32) == "resized"
+
+
 def test_shift_augmentation_moves_and_flips_without_rescaling():
     from raycls.train.data import shift_and_flip
 

@@ -2,8 +2,8 @@
 
 `shapes` is synthetic and built so that image and text are each incomplete: about 35% of images
 are grey (shape visible, colour gone) while the alt-text, when present, usually names the
-colour. A fused image+text model should clearly beat either modality alone. With the default
-mix: image-only ~0.77 (grey images leave 1 in 3 colours), text-only ~0.45, fused ~0.9.
+colour. A fused image+text model should clearly beat either modality alone (an image-only model
+can at best guess the colour of a grey image); bench/bench_shapes.py prints all three.
 
 `digits` is scikit-learn's bundled handwritten digits (real data, 8x8) upscaled, without text.
 """

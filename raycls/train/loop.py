@@ -9,7 +9,6 @@ Checkpoints: raycls.train.checkpoint.
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 import time
@@ -31,8 +30,6 @@ from raycls.train.checkpoint import MODEL_DIR, load_checkpoint, save_checkpoint
 from raycls.train.logs import log, log_epoch, setup_worker_logs
 from raycls.train.metrics import classification_metrics
 from raycls.train.schedule import build_optimizer
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_DIR", "NonFiniteError", "train_loop_per_worker"]
 
