@@ -98,14 +98,12 @@ def fit(
 
 
 def describe_validation(summary: dict[str, Any], val_data: str | None) -> str:
-    """'held out: 10% of DATA' or 'from --val; nothing held out', for logs and the CLI."""
-    held = summary.get("held_out")
-    if val_data is not None or not held:
+    """Where validation examples came from, for the log and the CLI's last line."""
+    if val_data is not None:
         return "from --val; no training data held out"
-    return (
-        f"held out of the training data: data.val_fraction={held['fraction']:g}; "
-        "pass --val to train on all of it"
-    )
+    fraction = (summary.get("held_out") or {}).get("fraction")
+    setting = f"data.val_fraction={fraction:g}" if fraction is not None else "data.val_fraction"
+    return f"held out of the training data: {setting}; pass --val to train on all of it"
 
 
 def build_trainer(
