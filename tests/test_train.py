@@ -108,6 +108,7 @@ def test_bad_settings_and_missing_data_fail_before_ray_starts(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_two_workers_survive_a_crash_and_count_validation_once(
     ray_local, digits, tmp_path, monkeypatch
 ):
@@ -163,6 +164,7 @@ def test_two_workers_survive_a_crash_and_count_validation_once(
     assert model.labels == [str(i) for i in range(10)]
 
 
+@pytest.mark.integration
 def test_interrupted_run_resumes_and_finished_run_does_not_retrain(ray_local, tmp_path):
     """Fused model with a tiny BERT on 1 worker, held-out validation split."""
     from tiny_models import make_tiny_bert
@@ -302,6 +304,7 @@ def test_a_step_with_non_finite_gradients_is_not_applied():
     assert _step(run, None) and not torch.equal(model.weight, before)
 
 
+@pytest.mark.integration
 def test_non_finite_loss_stops_the_run_naming_epoch_and_step(ray_local, digits, tmp_path):
     from raycls.train.loop import NonFiniteError
 
@@ -345,6 +348,7 @@ def test_shift_augmentation_moves_and_flips_without_rescaling():
     assert not np.array_equal(same, pixels) or not np.array_equal(out, pixels)
 
 
+@pytest.mark.integration
 def test_pretrained_backbone_from_a_local_file_frozen_for_the_first_epoch(
     ray_local, digits, tmp_path
 ):
