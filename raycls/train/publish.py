@@ -3,7 +3,6 @@ there so that a reader never sees parts of two models."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from pathlib import Path
@@ -89,7 +88,7 @@ def publish_model(source: str, out: str, files: dict[str, Any] | None = None) ->
     old = target.with_name(f".{target.name}.old-{tag}")
     shutil.copytree(source, fresh)
     for name, value in files.items():
-        (fresh / name).write_text(json.dumps(value, indent=2))
+        write_json(str(fresh / name), value)
     if target.exists():
         for entry in target.iterdir():
             if entry.name not in MODEL_ENTRIES and not (fresh / entry.name).exists():
