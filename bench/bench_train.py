@@ -1,130 +1,193 @@
-"""Training throughput: `raycls.train.trainer.fit` on one Ray Train worker vs a plain PyTorch loop.
+"""`raycls train` against a plain 25-line PyTorch loop on the same ImageFolder photos.
 
-Both train the same model (resnet18 image-only by default) on the same generated images with the
-same batch size and one torch thread each; the plain loop gets its images decoded up front (no
-data cost at all), fit decodes and augments them in Ray Data tasks while it trains. Figures are
-training-phase samples/s per epoch; the ratio compares the best epoch after the first (warm-up)
-of fit with the mean of the plain loop's, which runs before and after fit.
+Both are timed as whole processes (imports, start-up, data checks and validation included) and
+scored on the same test split with the same code. The plain loop is the recipe of issue 13:
+torchvision ImageFolder, Resize + RandomHorizontalFlip, batch 64, AdamW lr 2e-3 weight decay
+0.05, OneCycle, label smoothing 0.1, one DataLoader worker, torch's default threads, resnet18
+from scratch. `raycls train` runs with its defaults (image-only resnet18 from scratch; it holds
+out data.val_fraction of the training images for validation, the plain loop trains on all).
 
-    .venv/bin/python bench/bench_train.py [--images 900] [--epochs 3]
+    python bench/bench_train.py [--data DIR] [--epochs 10] [--workers 1 2]
+
+DIR holds train/ and test/ ImageFolder splits (default: /work/shared/data/cifar10-dev). Prints a
+table, then one JSON line with every figure and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from raycls.config import load_config
-from raycls.demo.datasets import make_dataset
-from raycls.io.images import decode_batch
-from raycls.io.inputs import load_labeled
-from raycls.io.shards import read_shard
-from raycls.models import build_model
+DEFAULT_DATA = "/work/shared/data/cifar10-dev"
 
 
-def plain_loop(config, data: str, epochs: int) -> list[float]:
-    """Samples/s per epoch of a single-process loop over images decoded beforehand."""
-    torch.set_num_threads(1)
+def plain_loop(data: str, epochs: int, size: int) -> dict:
+    """The plain loop, in this process; returns its figures."""
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
     torch.manual_seed(0)
-    shards, classes = load_labeled(data)
-    index = {name: i for i, name in enumerate(classes)}
-    pixels, labels, texts = [], [], []
-    for shard in shards:
-        rows = read_shard(shard, labeled_root=data).to_pydict()
-        batch = {k: np.array(v, dtype=object) for k, v in rows.items()}
-        out = decode_batch(batch, size=config.model.image_size)
-        pixels.append(out["pixels"])
-        labels += [index[lab] for lab in out["label"]]
-        texts += list(out["text"])
-    x, y = torch.from_numpy(np.concatenate(pixels)), torch.tensor(labels)
-    t = config.train
-    model = build_model(config.model, classes)
-    optimizer = torch.optim.AdamW(model.param_groups(t.lr, t.encoder_lr_scale, t.weight_decay))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    rates = []
+    norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    tf = T.Compose([T.Resize(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    train = torchvision.datasets.ImageFolder(f"{data}/train", tf)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True, num_workers=1)
+    model = torchvision.models.resnet18(num_classes=len(train.classes))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * len(loader))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    started = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(y))
-        start = time.perf_counter()
-        for i in range(0, len(y), t.batch_size):
-            rows = order[i : i + t.batch_size]
-            inputs = model.tokenize([texts[j] for j in rows.tolist()])
-            loss = loss_fn(model(x[rows], **inputs), y[rows])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        rates.append(len(y) / (time.perf_counter() - start))
-    return rates
+        for x, y in loader:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step()
+    train_s = time.perf_counter() - started
+    model.eval()
+    return {"train_rows": len(train), "train_s": train_s, "predict": _predictor(model, size)}
 
 
-def ray_fit(config, data: str, val: str, out: str) -> tuple[list[float], float]:
-    """Samples/s per epoch as fit's loop measured them, and fit's wall time."""
-    from raycls.train.trainer import fit
+def _predictor(model, size: int):
+    import numpy as np
+    import torch
 
-    start = time.perf_counter()
-    fit(config, data, out, val_data=val)
-    wall = time.perf_counter() - start
-    history = json.loads((Path(out) / "history.json").read_text())
-    return [h["train_samples_per_s"] for h in history], wall
+    from raycls.io.images import decode_image, preprocess
+
+    @torch.no_grad()
+    def predict(paths: list[str]) -> list[int]:
+        out = []
+        for i in range(0, len(paths), 256):
+            chunk = [
+                preprocess(decode_image(Path(p).read_bytes()), size) for p in paths[i : i + 256]
+            ]
+            logits = model(torch.from_numpy(np.stack(chunk)))
+            out += logits.argmax(1).tolist()
+        return out
+
+    return predict
+
+
+def test_accuracy(predict, data: str, classes: list[str]) -> float:
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        for path in sorted(Path(data, "test", name).iterdir()):
+            paths.append(str(path))
+            labels.append(index)
+    preds = predict(paths)
+    return sum(p == y for p, y in zip(preds, labels, strict=True)) / len(labels)
+
+
+def run_plain(args) -> dict:
+    """`--plain`: the loop as its own process, printing one JSON line."""
+    result = plain_loop(args.data, args.epochs, args.image_size)
+    classes = sorted(p.name for p in Path(args.data, "train").iterdir() if p.is_dir())
+    accuracy = test_accuracy(result.pop("predict"), args.data, classes)
+    return {**result, "test_accuracy": accuracy}
+
+
+def run_raycls(data: str, epochs: int, workers: int, out: str, overrides: list[str]) -> dict:
+    """`raycls train` as a user runs it, then the saved model scored here."""
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    command = [
+        sys.executable, "-m", "raycls", "train", f"{data}/train", "--out", out,
+        "--epochs", str(epochs), "--num-workers", str(workers),
+        "--fusion", "image_only", "--text-encoder", "none", "train.patience=100", *overrides,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"raycls train failed:\n{done.stdout}\n{done.stderr[-4000:]}")
+    from raycls.models import load_model
+
+    model = load_model(out)
+    metrics = json.loads(Path(out, "metrics.json").read_text())
+    history = json.loads(Path(out, "history.json").read_text())
+    accuracy = test_accuracy(_predictor(model, model.config.image_size), data, model.labels)
+    rows = metrics["data"]["train"]["rows"]
+    return {
+        "wall_s": wall,
+        "train_rows": rows,
+        "samples_per_s": rows * epochs / wall,
+        "steady_samples_per_s": max(h["train_samples_per_s"] for h in history[1:] or history),
+        "test_accuracy": accuracy,
+        "image_size": model.config.image_size,
+        "held_out": metrics["data"]["held_out"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=900, help="training images (shapes)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--fusion", default="image_only")
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=32, help="the plain loop's Resize")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="raycls settings, e.g. data.crop=resized",
+    )
+    parser.add_argument("--no-plain", action="store_true", help="raycls only (no ratios)")
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    config = load_config(
-        None,
-        model={"fusion": args.fusion, "image_size": args.image_size},
-        train={
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "num_workers": 1,
-            "cpus_per_worker": 1.0,
-            "patience": args.epochs,
-        },
-    )
-    load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        make_dataset("shapes", tmp, per_class=math.ceil(args.images / 9), size=64)
-        train, val = f"{tmp}/train", f"{tmp}/val"
-        # The plain loop runs before and after fit, so that load from elsewhere on a shared
-        # machine shows up as a spread rather than as a bias against one side.
-        plain = plain_loop(config, train, args.epochs)
-        fitted, wall = ray_fit(config, train, val, f"{tmp}/model")
-        plain_after = plain_loop(config, train, args.epochs)
-    steady_plain = np.mean([max(plain[1:] or plain), max(plain_after[1:] or plain_after)])
-    steady_fit = max(fitted[1:] or fitted)
+    if args.plain:
+        print(json.dumps(run_plain(args)))
+        return
+    load = [os.getloadavg()[0]]
+    plain = None
+    if not args.no_plain:
+        started = time.perf_counter()
+        command = [sys.executable, __file__, "--plain", "--data", args.data,
+                   "--epochs", str(args.epochs), "--image-size", str(args.image_size)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        plain = json.loads(done.stdout.strip().splitlines()[-1])
+        plain["wall_s"] = time.perf_counter() - started
+        plain["samples_per_s"] = plain["train_rows"] * args.epochs / plain["wall_s"]
+        load.append(os.getloadavg()[0])
+    runs = {}
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs[workers] = run_raycls(
+                args.data, args.epochs, workers, f"{tmp}/model", args.override
+            )
+        load.append(os.getloadavg()[0])
     print(
-        f"model: {args.fusion}, resnet18 at {args.image_size}px, batch {args.batch_size}, "
-        f"{args.images} images, {args.epochs} epochs, 1 torch thread each; load average "
-        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} CPUs"
+        f"{args.epochs} epochs, resnet18 from scratch, {os.cpu_count()} CPUs; "
+        f"1-min load average {', '.join(f'{x:.1f}' for x in load)} (start, after each run)"
     )
-    print(f"plain PyTorch loop, before: {_rates(plain)} samples/s")
-    print(
-        f"raycls.train.trainer.fit, 1 worker: {_rates(fitted)} samples/s (wall {wall:.0f}s with "
-        "start-up, data checks, validation)"
-    )
-    print(f"plain PyTorch loop, after:  {_rates(plain_after)} samples/s")
-    print(f"steady-state ratio fit/plain: {steady_fit / steady_plain:.2f} (target >= 0.85)")
-
-
-def _rates(rates: list[float]) -> str:
-    return ", ".join(f"{r:.0f}" for r in rates)
+    print(f"{'run':<24}{'wall s':>9}{'samples/s':>11}{'test acc':>10}{'wall ratio':>12}")
+    if plain:
+        print(f"{'plain loop':<24}{plain['wall_s']:>9.0f}{plain['samples_per_s']:>11.1f}"
+              f"{plain['test_accuracy']:>10.3f}{1.0:>12.2f}")  # fmt: skip
+    figures = {
+        "plain": plain,
+        "load_average": load,
+        "epochs": args.epochs,
+        "overrides": args.override,
+    }
+    for workers, run in runs.items():
+        ratio = run["wall_s"] / plain["wall_s"] if plain else math.nan
+        name = f"raycls --num-workers {workers}" + (" *" if args.override else "")
+        print(f"{name:<24}{run['wall_s']:>9.0f}{run['samples_per_s']:>11.1f}"
+              f"{run['test_accuracy']:>10.3f}{ratio:>12.2f}")  # fmt: skip
+        figures[f"raycls_{workers}"] = {
+            **run,
+            "wall_ratio": ratio if plain else None,
+            "accuracy_gain": run["test_accuracy"] - plain["test_accuracy"] if plain else None,
+        }
+    if args.override:
+        print(f"* with {' '.join(args.override)}")
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ FUSIONS = ("concat", "gated", "film", "cross_attention", "image_only", "text_onl
 POOLINGS = ("mean", "cls", "last")
 TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
+CROPS = ("auto", "shift", "resized")
+ON_NONFINITE = ("stop", "skip")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 # config.json's "format" in a model directory written by `raycls train`.
@@ -70,7 +72,10 @@ class ModelConfig:
     hidden_dim: int = 256
     dropout: float = 0.1
     modality_dropout: float = 0.2
-    image_size: int = 128
+    # Side of the square the CNN sees. None: the backbone's pretrained input size when weights
+    # are given, else the training images' median side clamped to [32, 224] (train.data);
+    # the size used is recorded in the saved model.
+    image_size: int | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -90,7 +95,8 @@ class ModelConfig:
         _check_range("model", "lora_rank", self.lora_rank, 1)
         _check_range("model", "dropout", self.dropout, 0.0, 1.0)
         _check_range("model", "modality_dropout", self.modality_dropout, 0.0, 1.0)
-        _check_range("model", "image_size", self.image_size, 16)
+        if self.image_size is not None:
+            _check_range("model", "image_size", self.image_size, 16)
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,11 @@ class DataConfig:
     text_column: str = "text"
     val_fraction: float = 0.1
     augment: bool = True
+    # Training crops: "shift" resizes as evaluation does and moves the image by up to 1/8 of
+    # its side (reflect-padded), for images near model.image_size; "resized" takes a random
+    # 70-100% area crop, for images much larger than it; "auto" picks "shift" when the median
+    # image side is under twice model.image_size (bench/bench_train.py compares them).
+    crop: str = "auto"
     # Horizontal flips in augmentation; turn off where mirror images change the class (digits).
     flip: bool = True
     # A run stops with an error when more than this fraction of images cannot be decoded.
@@ -112,6 +123,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_finite("data", self)
         _check_range("data", "val_fraction", self.val_fraction, 0.0, 0.9)
+        _check_choice("data", "crop", self.crop, CROPS)
         _check_range("data", "max_bad_fraction", self.max_bad_fraction, 0.0, 1.0)
         _check_range("data", "max_pixels", self.max_pixels, 1)
         _check_range("data", "seed", self.seed, 0)
@@ -122,15 +134,25 @@ class TrainConfig:
     """Optimisation and distribution settings for `raycls train`."""
 
     epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
+    # Batch, lr, decay and warm-up follow the common AdamW + one-cycle recipe for small
+    # images (batch 64, lr 2e-3, decay 0.05, 10% warm-up then cosine); bench/bench_train.py
+    # compares raycls with a plain PyTorch loop that uses it.
+    batch_size: int = 64
+    lr: float = 2e-3
     # Pretrained encoders (CNN with weights, text encoder) train at lr * encoder_lr_scale.
     encoder_lr_scale: float = 0.1
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
+    # The pretrained encoders stay fixed for this many first epochs (linear probing first).
+    freeze_encoder_epochs: int = 0
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
     grad_accum_steps: int = 1
+    # A step whose loss or gradients are not finite is never applied; "stop" ends the run
+    # with a message naming the epoch and step, "skip" goes on and counts them per epoch.
+    on_nonfinite: str = "stop"
+    # One worker per machine: on one machine it uses every core for torch (trainer._plan_cpus),
+    # which is faster than several single-threaded workers that all-reduce every step.
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -146,6 +168,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum_steps", "num_workers", "patience"):
             _check_range("train", name, getattr(self, name), 1)
         _check_range("train", "keep_checkpoints", self.keep_checkpoints, 1)
+        _check_range("train", "freeze_encoder_epochs", self.freeze_encoder_epochs, 0)
+        _check_choice("train", "on_nonfinite", self.on_nonfinite, ON_NONFINITE)
         _check_range("train", "lr", self.lr, 0.0)
         _check_range("train", "encoder_lr_scale", self.encoder_lr_scale, 0.0)
         _check_range("train", "weight_decay", self.weight_decay, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -17,8 +18,8 @@ from raycls.config import load_config
 from raycls.demo.datasets import make_dataset
 from raycls.io.shards import Shard
 from raycls.train.data import _mix_shards, split_is_val
-from raycls.train.loop import _warmup_cosine
-from raycls.train.trainer import CRASH_EPOCH_ENV, CRASH_MARKER_ENV, fit
+from raycls.train.schedule import warmup_cosine
+from raycls.train.trainer import fit
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_mix_shards_keeps_every_file_with_its_text():
 
 
 def test_warmup_then_cosine():
-    factor = _warmup_cosine(total=100, warmup=10)
+    factor = warmup_cosine(total=100, warmup=10)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5)
     assert factor(99) < 0.01 and factor(150) == 0.0
@@ -98,13 +99,16 @@ def test_bad_settings_and_missing_data_fail_before_ray_starts(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_two_workers_survive_a_crash_and_count_validation_once(
     ray_local, digits, tmp_path, monkeypatch
 ):
     """CLI run on 2 workers; rank 0 dies in epoch 2 and the run resumes from a checkpoint."""
+    from faults import CrashRankZero
+
     out, marker = tmp_path / "model", tmp_path / "crashed"
-    monkeypatch.setenv(CRASH_EPOCH_ENV, "2")
-    monkeypatch.setenv(CRASH_MARKER_ENV, str(marker))
+    crash = CrashRankZero(report=2, marker=marker)
+    monkeypatch.setattr("raycls.train.trainer.fit", functools.partial(fit, callbacks=[crash]))
     args = [
         "train",
         str(digits / "train"),
@@ -132,6 +136,7 @@ def test_two_workers_survive_a_crash_and_count_validation_once(
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "val_accuracy" in result.output
+    assert "from --val; no training data held out" in result.output
     assert marker.exists()  # the hook fired
 
     history = json.loads((out / "history.json").read_text())
@@ -150,9 +155,8 @@ def test_two_workers_survive_a_crash_and_count_validation_once(
     assert model.labels == [str(i) for i in range(10)]
 
 
-def test_interrupted_run_resumes_and_finished_run_does_not_retrain(
-    ray_local, tmp_path, monkeypatch
-):
+@pytest.mark.integration
+def test_interrupted_run_resumes_and_finished_run_does_not_retrain(ray_local, tmp_path):
     """Fused model with a tiny BERT on 1 worker, held-out validation split."""
     from tiny_models import make_tiny_bert
 
@@ -163,12 +167,12 @@ def test_interrupted_run_resumes_and_finished_run_does_not_retrain(
         data={"val_fraction": 0.3},
         train={**FAST, "epochs": 2, "max_failures": 0},
     )
+    from faults import CrashRankZero
+
     data, out = str(tmp_path / "shapes" / "train"), str(tmp_path / "model")
-    monkeypatch.setenv(CRASH_EPOCH_ENV, "2")
-    monkeypatch.setenv(CRASH_MARKER_ENV, str(tmp_path / "crashed"))
+    crash = CrashRankZero(report=2, marker=tmp_path / "crashed")
     with pytest.raises(RuntimeError, match="resume"):
-        fit(config, data, out)
-    monkeypatch.delenv(CRASH_EPOCH_ENV)
+        fit(config, data, out, callbacks=[crash])
 
     result = fit(config, data, out)  # the same command again
     history = json.loads((Path(out) / "history.json").read_text())
@@ -177,6 +181,7 @@ def test_interrupted_run_resumes_and_finished_run_does_not_retrain(
     assert result["epochs_run"] == 2 and not result.get("already_finished")
     held_out = result["data"]["val"]["rows"]
     assert history[1]["val_count"] == held_out and held_out + result["data"]["train"]["rows"] == 90
+    assert result["data"]["held_out"] == {"fraction": 0.3, "rows": held_out}
 
     again = fit(config, data, out)
     assert again["already_finished"] and again["val_accuracy"] == result["val_accuracy"]
@@ -223,3 +228,142 @@ def test_a_few_corrupt_images_are_counted_and_skipped(ray_local, digits, tmp_pat
     rows = prepared.train.take_all()
     assert len(rows) == 119 and all(r["label"] in range(10) for r in rows)
     assert rows[0]["pixels"].shape == (3, 32, 32)
+
+
+# Publishing, non-finite steps, image size, augmentation, pretrained backbones.
+
+
+def _fake_model(folder: Path, version: str) -> None:
+    (folder / "text_encoder").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "text_encoder/config.json"):
+        (folder / name).write_text(version)
+
+
+def test_publishing_over_a_model_in_use_never_mixes_two(tmp_path, monkeypatch):
+    """After every file written or renamed, OUT holds one whole model (old or new) or none."""
+    import raycls.io.storage as storage
+    from raycls.train.publish import publish_model
+
+    out, new = tmp_path / "model", tmp_path / "new"
+    _fake_model(out, "old")
+    (out / "ray_train").mkdir()
+    (out / "ray_train" / "kept").write_text("checkpoints")
+    _fake_model(new, "new")
+    seen = []
+
+    def check():
+        if (out / "config.json").exists():
+            names = ("config.json", "model.safetensors", "text_encoder/config.json")
+            versions = {(out / name).read_text() for name in names}
+            assert len(versions) == 1, f"a reader sees a mix of two models: {versions}"
+            seen.append(versions.pop())
+
+    def checked(function):
+        def run(*args, **kwargs):
+            result = function(*args, **kwargs)
+            check()
+            return result
+
+        return run
+
+    monkeypatch.setattr(storage, "write_bytes", checked(storage.write_bytes))
+    monkeypatch.setattr(shutil, "copytree", checked(shutil.copytree))
+    monkeypatch.setattr(Path, "rename", checked(Path.rename))
+    publish_model(str(new), str(out))
+    assert seen[0] == "old" and seen[-1] == "new"
+    assert (out / "ray_train" / "kept").read_text() == "checkpoints"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "new"]  # nothing left beside
+
+
+def test_a_step_with_non_finite_gradients_is_not_applied():
+    from types import SimpleNamespace
+
+    import torch
+
+    from raycls.config import TrainConfig
+    from raycls.train.loop import _step
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    run = SimpleNamespace(model=model, optimizer=optimizer, scheduler=scheduler, t=TrainConfig())
+    before = model.weight.detach().clone()
+    model(torch.tensor([[1.0, float("nan"), 0.0]])).sum().backward()
+    assert not _step(run, None)
+    assert torch.equal(model.weight, before) and model.weight.grad is None
+    model(torch.ones(1, 3)).sum().backward()
+    assert _step(run, None) and not torch.equal(model.weight, before)
+
+
+@pytest.mark.integration
+def test_non_finite_loss_stops_the_run_naming_epoch_and_step(ray_local, digits, tmp_path):
+    from raycls.train.loop import NonFiniteError
+
+    config = _image_only(epochs=2, lr=1e30)  # diverges in the first epoch
+    with pytest.raises(NonFiniteError, match=r"epoch 1, step \d+.*train.on_nonfinite=skip"):
+        fit(config, str(digits / "train"), str(tmp_path / "m"), val_data=str(digits / "val"))
+    assert not (tmp_path / "m" / "config.json").exists()  # nothing published
+
+
+def test_image_size_comes_from_the_data_or_the_pretrained_weights():
+    from raycls.config import ModelConfig
+    from raycls.models.backbones import pretrained_image_size, resolve_image_size
+
+    assert resolve_image_size(ModelConfig(), 32) == 32
+    assert (
+        resolve_image_size(ModelConfig(), 500) == 224 and resolve_image_size(ModelConfig(), 8) == 32
+    )
+    assert resolve_image_size(ModelConfig(image_size=48), 500) == 48
+    assert resolve_image_size(ModelConfig(backbone_weights="DEFAULT"), 32) == 224
+    assert pretrained_image_size("inception_v3", "DEFAULT") == 299
+
+
+def test_crops_shift_images_near_the_training_size_and_zoom_into_large_ones():
+    from raycls.train.data import _choose_crop
+
+    assert _choose_crop("auto", 32, 32) == "shift" and _choose_crop("auto", 63, 32) == "shift"
+    assert _choose_crop("auto", 64, 32) == "resized" and _choose_crop("auto", 500, 224) == "resized"
+    assert _choose_crop("resized", 32, 32) == "resized"
+
+
+def test_shift_augmentation_moves_and_flips_without_rescaling():
+    from raycls.train.data import shift_and_flip
+
+    pixels = np.arange(2 * 3 * 16 * 16, dtype=np.float32).reshape(2, 3, 16, 16)
+    out = shift_and_flip(pixels, np.random.default_rng(0))
+    assert out.shape == pixels.shape and out.dtype == np.float32
+    # Every output row is a run of neighbouring input pixels (a shift, maybe mirrored): no zoom.
+    steps = np.abs(np.diff(out, axis=3))
+    assert set(np.unique(steps)) <= {0.0, 1.0}
+    same = shift_and_flip(pixels, np.random.default_rng(0), flip=False)
+    assert not np.array_equal(same, pixels) or not np.array_equal(out, pixels)
+
+
+@pytest.mark.integration
+def test_pretrained_backbone_from_a_local_file_frozen_for_the_first_epoch(
+    ray_local, digits, tmp_path
+):
+    """Weights saved from torchvision to a file; linear probing in epoch 1, then fine-tuning."""
+    import torch
+    import torchvision
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "resnet18.safetensors"
+    torch.manual_seed(1)
+    save_file(torchvision.models.resnet18().state_dict(), str(weights))
+    config = _image_only(epochs=2, freeze_encoder_epochs=1, keep_checkpoints=2).replace(
+        model={"backbone_weights": str(weights)}
+    )
+    out = tmp_path / "m"
+    fit(config, str(digits / "train"), str(out), val_data=str(digits / "val"))
+    saved, key = load_file(str(weights)), "backbone.trunk.layer1.0.conv1.weight"
+    by_epoch = {}
+    for folder in (out / "ray_train" / "train").glob("checkpoint_*/"):
+        meta = json.loads((folder / "model" / "config.json").read_text())
+        by_epoch[meta["extra"]["metrics"]["epoch"]] = load_file(
+            str(folder / "model" / "model.safetensors")
+        )
+    assert sorted(by_epoch) == [1, 2]
+    assert torch.equal(by_epoch[1][key], saved["layer1.0.conv1.weight"])  # frozen
+    assert not torch.equal(by_epoch[2][key], saved["layer1.0.conv1.weight"])  # fine-tuned
+    assert json.loads((out / "config.json").read_text())["model"]["image_size"] == 32

@@ -2,8 +2,8 @@
 
 `shapes` is synthetic and built so that image and text are each incomplete: about 35% of images
 are grey (shape visible, colour gone) while the alt-text, when present, usually names the
-colour, so a fused image+text model has more to go on than either modality alone (grey images
-leave an image-only model guessing among the colours).
+colour. A fused image+text model should clearly beat either modality alone (an image-only model
+can at best guess the colour of a grey image); bench/bench_shapes.py prints all three.
 
 `digits` is scikit-learn's bundled handwritten digits (real data, 8x8) upscaled, without text.
 """

@@ -12,17 +12,23 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 from torch import nn
+
+if TYPE_CHECKING:
+    from raycls.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# model.image_size from the data: the median side, within these bounds (see resolve_image_size).
+IMAGE_SIZE_BOUNDS = (32, 224)
+DEFAULT_IMAGE_SIZE = 224  # torchvision's input size, for pretrained weights of unknown origin
 
 
 @dataclass(frozen=True)
@@ -284,6 +290,28 @@ def _load_state_dict_file(trunk: nn.Sequential, path: Path, name: str) -> None:
     trunk.load_state_dict(kept, strict=True)
 
 
+def resolve_image_size(model: ModelConfig, median_side: int | None) -> int:
+    """model.image_size, or when None: the pretrained input size of the backbone's weights,
+    else the data's median side clamped to IMAGE_SIZE_BOUNDS (no upscaling of small images,
+    no 16x the pixels of what the data holds)."""
+    if model.image_size is not None:
+        return model.image_size
+    if model.backbone_weights is not None:
+        return pretrained_image_size(model.backbone, model.backbone_weights)
+    lo, hi = IMAGE_SIZE_BOUNDS
+    return int(min(hi, max(lo, median_side or hi)))
+
+
+def pretrained_image_size(backbone: str, weights: str) -> int:
+    """The crop size torchvision's weights were trained at; DEFAULT_IMAGE_SIZE for a file."""
+    if weights_kind(weights) != "torchvision":
+        return DEFAULT_IMAGE_SIZE
+    enum = torchvision.models.get_model_weights(backbone)
+    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    transforms = chosen.transforms  # a functools.partial of the eval transform
+    return int(getattr(transforms, "keywords", {}).get("crop_size", DEFAULT_IMAGE_SIZE))
+
+
 __all__ = [
     "BACKBONES",
     "IMAGENET_MEAN",
@@ -293,6 +321,8 @@ __all__ = [
     "build_backbone",
     "check_backbone",
     "list_backbones",
+    "pretrained_image_size",
     "read_state_dict",
+    "resolve_image_size",
     "weights_kind",
 ]

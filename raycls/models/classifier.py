@@ -20,7 +20,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raycls.config import MODEL_FORMAT, Config, ModelConfig
-from raycls.models.backbones import Backbone, build_backbone, check_backbone
+from raycls.models.backbones import (
+    Backbone,
+    build_backbone,
+    check_backbone,
+    resolve_image_size,
+)
 from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from raycls.models.fusion import Features, build_fusion, fusion_spec
 from raycls.models.text import TextEncoder, build_text_encoder, resolve_text_encoder
@@ -183,6 +188,8 @@ def check_model_config(config: ModelConfig) -> None:
 def build_model(config: ModelConfig, labels: list[str]) -> FusedClassifier:
     """A new classifier with pretrained encoders as `config` names them."""
     source = resolve_text_encoder(config.text_encoder) if config.text_encoder else None
+    if config.image_size is None:  # train.fit sets it from the data first
+        config = dataclasses.replace(config, image_size=resolve_image_size(config, None))
     model = _assemble(config, labels, source, pretrained=True)
     _adapt(model)
     return model

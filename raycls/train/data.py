@@ -22,6 +22,7 @@ from raycls.config import Config
 from raycls.io.images import decode_batch, decode_each
 from raycls.io.inputs import load_labeled, shard_dataset
 from raycls.io.shards import Shard, relative_to
+from raycls.models.backbones import DEFAULT_IMAGE_SIZE, resolve_image_size
 
 if TYPE_CHECKING:
     import ray.data
@@ -43,6 +44,7 @@ class TrainData:
     val: ray.data.Dataset
     classes: list[str]
     summary: dict[str, Any] = field(default_factory=dict)
+    image_size: int = DEFAULT_IMAGE_SIZE  # what model.image_size resolved to
 
 
 def prepare_data(
@@ -51,7 +53,9 @@ def prepare_data(
     """Plan and check train/validation data; return Ray Datasets of pixels, text and label.
 
     Without `val_data` a seeded fraction (data.val_fraction) of `train_data` is held out by a
-    hash of each example's path, so a resumed run sees the same split.
+    hash of each example's path, so a resumed run sees the same split; with it, nothing is.
+    The summary says which (`held_out`). The scan of every image also sets model.image_size
+    when it is None (`resolve_image_size`).
     """
     d = config.data
     columns = {"image_column": d.image_column, "label_column": d.label_column}
@@ -93,6 +97,16 @@ def prepare_data(
         "train": _check_split("training", train_data, train_scan, d.max_bad_fraction),
         "val": _check_split("validation", val_data or train_data, val_scan, d.max_bad_fraction),
     }
+    summary["held_out"] = (
+        None
+        if val_data is not None
+        else {"fraction": d.val_fraction, "rows": summary["val"]["rows"]}
+    )
+    sides = train_scan["side"][train_scan["side"] > 0]
+    summary["median_side"] = int(np.median(sides)) if len(sides) else None
+    image_size = resolve_image_size(config.model, summary["median_side"])
+    crop = _choose_crop(d.crop, summary["median_side"], image_size)
+    summary["image_size"], summary["crop"] = image_size, crop if d.augment else "none"
     _check_classes(classes, summary, train_data, val_data)
     _check_text(config, summary)
     if summary["train"]["rows"] < config.train.num_workers:
@@ -102,11 +116,11 @@ def prepare_data(
         )
 
     index = {name: i for i, name in enumerate(classes)}
-    prep = {"size": config.model.image_size, "max_pixels": d.max_pixels, "classes": index}
+    prep = {"size": image_size, "max_pixels": d.max_pixels, "classes": index}
     # Fresh augmentation each epoch: Ray Data re-runs the pipeline per epoch, seed None.
     train = train_raw.map_batches(
         _prepare_batch,
-        fn_kwargs={**prep, "train": d.augment, "flip": d.flip},
+        fn_kwargs={**prep, "train": d.augment, "flip": d.flip, "crop": crop},
         batch_size=DECODE_BATCH_SIZE,
         num_cpus=data_cpus,
     )
@@ -118,7 +132,13 @@ def prepare_data(
     )
     for ds in (train, val):
         ds.context.enable_progress_bars = False  # re-run per epoch: bars would flood the log
-    return TrainData(train=train, val=val, classes=classes, summary=summary)
+    return TrainData(train=train, val=val, classes=classes, summary=summary, image_size=image_size)
+
+
+def _choose_crop(crop: str, median_side: int | None, image_size: int) -> str:
+    if crop != "auto":
+        return crop
+    return "shift" if median_side is None or median_side < 2 * image_size else "resized"
 
 
 def _mix_shards(shards: list[Shard], seed: int) -> list[Shard]:
@@ -175,8 +195,12 @@ def _split_batch(
 
 def _scan_batch(batch: dict[str, Any], *, max_pixels: int) -> dict[str, Any]:
     """Decode each image only to learn whether it can be; keep key, label, text flag, error."""
-    found = decode_each(batch["image"], batch.get("error"), lambda i, img: None,
-                        max_pixels=max_pixels)  # fmt: skip
+    sides = np.zeros(len(batch["image"]), dtype=np.int64)
+
+    def use(i: int, img) -> None:
+        sides[i] = min(img.size)
+
+    found = decode_each(batch["image"], batch.get("error"), use, max_pixels=max_pixels)
     errors = [error or "" for error in found]
     texts = batch.get("text")
     return {
@@ -188,6 +212,7 @@ def _scan_batch(batch: dict[str, Any], *, max_pixels: int) -> dict[str, Any]:
             else [False] * len(errors)
         ),
         "error": np.array(errors, dtype=object),
+        "side": sides,
     }
 
 
@@ -197,7 +222,7 @@ def _scan(ds: ray.data.Dataset, max_pixels: int) -> dict[str, np.ndarray]:
     )
     scanned.context.enable_progress_bars = False
     rows = scanned.to_pandas()
-    return {name: rows[name].to_numpy() for name in ("key", "label", "has_text", "error")}
+    return {name: rows[name].to_numpy() for name in ("key", "label", "has_text", "error", "side")}
 
 
 def _check_split(
@@ -279,9 +304,13 @@ def _prepare_batch(
     train: bool,
     classes: dict[str, int],
     flip: bool = True,
+    crop: str = "resized",
 ) -> dict[str, Any]:
     """Decode (and for training augment), drop unreadable or unlabelled rows, index labels."""
-    out = decode_batch(batch, size=size, max_pixels=max_pixels, train=train, flip=flip)
+    resized = train and crop == "resized"
+    out = decode_batch(batch, size=size, max_pixels=max_pixels, train=resized, flip=flip)
+    if train and crop == "shift":
+        out["pixels"] = shift_and_flip(out["pixels"], np.random.default_rng(), flip=flip)
     labels = np.array([classes.get(lab, -1) if lab is not None else -1 for lab in out["label"]])
     keep = (out["status"] == "ok") & (labels >= 0)
     texts = out.get("text")
@@ -293,3 +322,19 @@ def _prepare_batch(
         "text": texts[keep],
         "label": labels[keep].astype(np.int64),
     }
+
+
+def shift_and_flip(pixels: np.ndarray, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+    """Move each [3, S, S] image by up to S/8 pixels each way (edges reflected) and flip half
+    of them horizontally: the pad-and-crop augmentation of small-image recipes (CIFAR's 4 px
+    at 32), which keeps every pixel's scale where a random-area crop would zoom in."""
+    n, _, size, _ = pixels.shape
+    pad = max(1, size // 8)
+    padded = np.pad(pixels, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    out = np.empty_like(pixels)
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
+    for i in range(n):
+        view = padded[i, :, dy[i] : dy[i] + size, dx[i] : dx[i] + size]
+        out[i] = view[:, :, ::-1] if flips[i] else view
+    return out

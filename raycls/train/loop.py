@@ -1,26 +1,19 @@
 """The per-worker training loop run by Ray Train on every worker; rank 0 logs and checkpoints.
 
-A checkpoint is a directory: `model/` in the model-directory format (`save_model`),
-`train_state.pt` (trainable weights, buffers, optimizer and scheduler state: tensors, numbers
-and strings only, read back with `torch.load(weights_only=True)`) and `state.json` (epoch,
-history, best so far, early-stopping count).
+It reads top to bottom: set up (`_setup`), then per epoch train (`_train_epoch`), validate
+(`_validate`), record and report (`_report`). Faults for tests come from outside, through Ray
+Train callbacks (tests/faults.py), never from this loop.
 
-Test hook: `train_loop_config["test_crash"] = {"epoch": N, "marker": PATH}` (set by `fit` from
-the environment variables RAYCLS_TEST_CRASH_AT_EPOCH and RAYCLS_TEST_CRASH_MARKER) makes rank 0
-kill its own process once, in epoch N (1-based) after training and before reporting, if PATH
-does not exist yet (it is created first). Used by the tests to check restart from a checkpoint.
+Checkpoints: raycls.train.checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,172 +24,206 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from raycls.config import Config
-from raycls.models import FusedClassifier, build_model, save_model
+from raycls.config import Config, TrainConfig
+from raycls.models import FusedClassifier, build_model
+from raycls.train.checkpoint import MODEL_DIR, load_checkpoint, save_checkpoint
+from raycls.train.logs import log, log_epoch, setup_worker_logs
 from raycls.train.metrics import classification_metrics
+from raycls.train.schedule import build_optimizer
 
-logger = logging.getLogger(__name__)
+__all__ = ["MODEL_DIR", "NonFiniteError", "train_loop_per_worker"]
 
-MODEL_DIR = "model"
-TRAIN_STATE_FILE = "train_state.pt"
-STATE_FILE = "state.json"
-# Seconds the crash hook waits first, so the controller has collected the last report
-# (Ray Train polls workers every 2 s; a report not yet collected dies with the worker).
-CRASH_DELAY_S = 5.0
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradients stopped being finite numbers."""
+
+
+@dataclass
+class _Run:
+    """What every step of the loop needs; built once per worker by `_setup`."""
+
+    t: TrainConfig
+    classes: list[str]
+    rank: int
+    world: int
+    device: torch.device
+    model: FusedClassifier
+    ddp_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    criterion: nn.Module
+    autocast: Any
+    batches_per_epoch: int
+    state: dict[str, Any]
+    config: dict[str, Any]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train on this worker's shard of "train", validate on its share of "val", report."""
+    run = _setup(config)
+    if run is None:
+        return
+    t = run.t
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(run.state["epoch"] + 1, t.epochs):
+        started = time.perf_counter()
+        stats = _train_epoch(run, train_shard, epoch)
+        train_time = time.perf_counter() - started
+        val = _validate(run, val_shard)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": stats["loss"],
+            "train_count": stats["count"],
+            "nonfinite_steps": stats["skipped"],
+            **val,
+            "lr": run.scheduler.get_last_lr()[0],
+            "train_samples_per_s": stats["count"] / train_time,
+            "epoch_time_s": time.perf_counter() - started,
+            "attempt_start_epoch": run.config["start_epoch"],  # > 1 after a resume or a restart
+        }
+        _track_best(run.state, metrics, t.metric, t.patience, epoch)
+        run.state["nonfinite"] = stats["error"]
+        run.state["stopped"] = run.state["stopped"] or stats["error"] is not None
+        metrics["best_epoch"] = run.state["best_epoch"] + 1
+        run.state["history"].append(metrics)
+        log_epoch(run.rank, t.epochs, metrics)
+        _report(run, metrics)
+        if stats["error"] is not None:
+            log(run.rank, "stopped: %s", stats["error"])
+            break
+        if run.state["stopped"]:
+            log(run.rank, "early stop: %s did not improve for %d epochs", t.metric, t.patience)
+            break
+
+
+def _setup(config: dict[str, Any]) -> _Run | None:
+    """Model, optimizer and schedule, resumed from the last checkpoint; None when done."""
     cfg = Config.from_dict(config["config"])
     t, classes = cfg.train, list(config["classes"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    _quiet_report_logs()
-    if rank == 0:
-        _log_to_stderr()
+    setup_worker_logs(rank)
+    # Ray sets one thread per reserved CPU; the driver may plan more (see trainer._plan_cpus).
+    torch.set_num_threads(max(1, int(config.get("torch_threads") or torch.get_num_threads())))
     torch.manual_seed(t.seed)
     device = ray.train.torch.get_device()
 
     model = build_model(cfg.model, classes).to(device)
-    optimizer = torch.optim.AdamW(model.param_groups(t.lr, t.encoder_lr_scale, t.weight_decay))
-    rows_per_worker = config["train_rows"] // world
-    batches_per_epoch = max(1, math.ceil(rows_per_worker / t.batch_size))
+    batches_per_epoch = max(1, math.ceil(config["train_rows"] // world / t.batch_size))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum_steps)
-    total_steps = steps_per_epoch * t.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(total_steps, round(t.warmup_fraction * total_steps))
-    )
-    state = {
-        "epoch": -1,
-        "history": [],
-        "best": None,
-        "best_epoch": None,
-        "bad_epochs": 0,
-        "stopped": False,
-    }
+    optimizer, scheduler = build_optimizer(model, t, steps_per_epoch)
+    state = {"epoch": -1, "history": [], "best": None, "best_epoch": None, "bad_epochs": 0,
+             "stopped": False, "nonfinite": None}  # fmt: skip
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = _load_checkpoint(Path(directory), model, optimizer, scheduler, device)
-        if rank == 0:
-            logger.info("resuming after epoch %d from %s", state["epoch"] + 1, checkpoint.path)
+            state = load_checkpoint(Path(directory), model, optimizer, scheduler, device)
+        if state.get("nonfinite"):  # a rerun, perhaps with a lower lr, tries again from here
+            state.update(stopped=False, nonfinite=None)
+        log(rank, "resuming after epoch %d from %s", state["epoch"] + 1, checkpoint.path)
     start = state["epoch"] + 1
     if start >= t.epochs or state["stopped"]:
-        if rank == 0:
-            logger.info("run already finished at epoch %d; nothing to train", start)
-        return
-
-    ddp_model = ray.train.torch.prepare_model(model)
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        log(rank, "run already finished at epoch %d; nothing to train", start)
+        return None
+    config = {**config, "start_epoch": start + 1}
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     )
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    crash = config.get("test_crash")
-    if rank == 0:
-        logger.info(
-            "training %d classes on %d workers: %d examples, %d steps/epoch, epochs %d-%d",
-            len(classes),
-            world,
-            config["train_rows"],
-            steps_per_epoch,
-            start + 1,
-            t.epochs,
-        )
-
-    for epoch in range(start, t.epochs):
-        started = time.perf_counter()
-        model.train()
-        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, n
-        pending = 0
-        batches = train_shard.iter_batches(
-            batch_size=t.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=max(256, 4 * t.batch_size),
-            prefetch_batches=2,
-        )
-        for i, batch in enumerate(batches):
-            pixels, inputs, labels = _tensors(model, batch, device)
-            if len(labels) == 1:  # BatchNorm cannot normalise a single example in training
-                pixels, labels = pixels.repeat(2, 1, 1, 1), labels.repeat(2)
-                inputs = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
-            pending += 1
-            sync = pending == t.grad_accum_steps or i + 1 == batches_per_epoch
-            no_sync = ddp_model.no_sync() if world > 1 and not sync else nullcontext()
-            with no_sync:
-                with autocast:
-                    logits = ddp_model(pixels, **inputs)
-                loss = criterion(logits.float(), labels)
-                (loss / t.grad_accum_steps).backward()
-            # Summed on the device: .item() every step would wait for the GPU each time.
-            sums[0] += loss.detach().double() * len(labels)
-            sums[1] += len(labels)
-            if sync:
-                _step(model, optimizer, scheduler, t.grad_clip)
-                pending = 0
-        if pending:  # gradients never all-reduced: the shard had more batches than planned
-            _all_reduce_grads(model, world)
-            _step(model, optimizer, scheduler, t.grad_clip)
-        train_time = time.perf_counter() - started
-        sums = _all_reduce_sum(sums)
-
-        if (
-            crash
-            and rank == 0
-            and epoch + 1 == crash["epoch"]
-            and not os.path.exists(crash["marker"])
-        ):
-            Path(crash["marker"]).touch()
-            logger.warning("test hook: killing rank 0 in epoch %d", epoch + 1)
-            time.sleep(CRASH_DELAY_S)
-            os._exit(1)
-
-        val = _validate(
-            model, val_shard, criterion, autocast, device, len(classes), world, t.batch_size
-        )
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": float(sums[0] / max(sums[1], 1)),
-            "train_count": int(sums[1]),
-            **val,
-            "lr": scheduler.get_last_lr()[0],
-            "train_samples_per_s": float(sums[1]) / train_time,
-            "epoch_time_s": time.perf_counter() - started,
-            "attempt_start_epoch": start + 1,  # > 1 after a resume or a restart
-        }
-        _track_best(state, metrics, t.metric, t.patience, epoch)
-        metrics["best_epoch"] = state["best_epoch"] + 1
-        state["history"].append(metrics)
-        if rank == 0:
-            logger.info(
-                "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_accuracy %.4f  "
-                "val_macro_f1 %.4f  (%d val)  %.0f samples/s  %.1fs",
-                epoch + 1,
-                t.epochs,
-                metrics["train_loss"],
-                metrics["val_loss"],
-                metrics["val_accuracy"],
-                metrics["val_macro_f1"],
-                metrics["val_count"],
-                metrics["train_samples_per_s"],
-                metrics["epoch_time_s"],
-            )
-        _report(metrics, state, model, optimizer, scheduler, rank, config)
-        if state["stopped"]:
-            if rank == 0:
-                logger.info("early stop: %s did not improve for %d epochs", t.metric, t.patience)
-            break
+    run = _Run(
+        t=t, classes=classes, rank=rank, world=world, device=device, model=model,
+        ddp_model=ray.train.torch.prepare_model(model), optimizer=optimizer,
+        scheduler=scheduler, criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        autocast=autocast, batches_per_epoch=batches_per_epoch, state=state, config=config,
+    )  # fmt: skip
+    log(
+        rank,
+        "training %d classes on %d workers (%d torch threads each): %d examples, "
+        "%d steps/epoch, epochs %d-%d",
+        len(classes), world, torch.get_num_threads(), config["train_rows"], steps_per_epoch,
+        start + 1, t.epochs,
+    )  # fmt: skip
+    return run
 
 
-def _warmup_cosine(total: int, warmup: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def _train_epoch(run: _Run, shard, epoch: int) -> dict[str, Any]:
+    """One pass over this worker's shard; returns mean loss, count, skipped steps, error."""
+    t, model = run.t, run.model
+    model.train()
+    if epoch < t.freeze_encoder_epochs and model.backbone and model.backbone.pretrained:
+        model.backbone.eval()  # linear probing: BatchNorm statistics stay the pretrained ones
+    # loss * n and n over finite losses, and n over all: summed on the device, since .item()
+    # every step would wait for the GPU each time.
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)
+    pending, skipped, step, error = 0, 0, 0, None
+    batches = shard.iter_batches(
+        batch_size=t.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=max(256, 4 * t.batch_size),
+        prefetch_batches=2,
+    )
+    for i, batch in enumerate(batches):
+        pixels, inputs, labels = _tensors(model, batch, run.device)
+        if len(labels) == 1:  # BatchNorm cannot normalise a single example in training
+            pixels, labels = pixels.repeat(2, 1, 1, 1), labels.repeat(2)
+            inputs = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
+        pending += 1
+        sync = pending == t.grad_accum_steps or i + 1 == run.batches_per_epoch
+        no_sync = run.ddp_model.no_sync() if run.world > 1 and not sync else nullcontext()
+        with no_sync:
+            with run.autocast:
+                logits = run.ddp_model(pixels, **inputs)
+            loss = run.criterion(logits.float(), labels)
+            (loss / t.grad_accum_steps).backward()
+        finite = torch.isfinite(loss.detach()).double()
+        sums[0] += torch.nan_to_num(loss.detach().double()) * finite * len(labels)
+        sums[1] += finite * len(labels)
+        sums[2] += len(labels)
+        if sync:
+            step += 1
+            pending = 0
+            if not _step(run, loss):
+                skipped += 1
+                if t.on_nonfinite == "stop":
+                    error = _nonfinite_message(epoch, step, loss, t)
+                    break
+    if pending and error is None:  # gradients never all-reduced: more batches than planned
+        _all_reduce_grads(model, run.world)
+        step += 1
+        skipped += 0 if _step(run, loss) else 1
+    if error is None and skipped and skipped == step:
+        error = _nonfinite_message(epoch, step, loss, t) + " (every step of the epoch)"
+    sums = _all_reduce_sum(sums)
+    return {
+        "loss": float(sums[0] / max(sums[1], 1)),
+        "count": int(sums[2]),
+        "skipped": skipped,
+        "error": error,
+    }
 
-    return factor
+
+def _step(run: _Run, loss: torch.Tensor) -> bool:
+    """Clip and apply the gradients; False (nothing applied) when they are not finite.
+
+    The decision rests on the gradient norm after the all-reduce, the same number on every
+    worker, so all workers skip or stop together. It waits for the device once per step.
+    """
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    norm = nn.utils.clip_grad_norm_(params, run.t.grad_clip if run.t.grad_clip > 0 else math.inf)
+    finite = bool(torch.isfinite(norm))
+    if finite:
+        run.optimizer.step()
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
+def _nonfinite_message(epoch: int, step: int, loss: torch.Tensor, t: TrainConfig) -> str:
+    return (
+        f"non-finite loss or gradients in epoch {epoch + 1}, step {step} (loss on this worker "
+        f"{float(loss):.4g}); the step was not applied. Lower train.lr (now {t.lr:g}), keep "
+        "train.grad_clip > 0, or set train.on_nonfinite=skip to skip such steps and count them"
+    )
 
 
 def _tensors(
@@ -208,14 +235,6 @@ def _tensors(
     labels = torch.from_numpy(np.require(batch["label"], np.int64, ["W"])).to(device)
     inputs = model.tokenize(list(batch["text"]))
     return pixels, {k: v.to(device) for k, v in inputs.items()}, labels
-
-
-def _step(model: nn.Module, optimizer, scheduler, grad_clip: float) -> None:
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def _all_reduce_grads(model: nn.Module, world: int) -> None:
@@ -235,24 +254,16 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _validate(
-    model: FusedClassifier,
-    shard,
-    criterion,
-    autocast,
-    device,
-    num_classes: int,
-    world: int,
-    batch_size: int,
-) -> dict[str, float]:
+def _validate(run: _Run, shard) -> dict[str, float]:
     """Metrics over the whole validation set: every worker's predictions gathered to all."""
+    model = run.model
     model.eval()
     labels, preds, loss_sum = [], [], 0.0
-    for batch in shard.iter_batches(batch_size=2 * batch_size, batch_format="numpy"):
-        pixels, inputs, target = _tensors(model, batch, device)
-        with autocast:
+    for batch in shard.iter_batches(batch_size=2 * run.t.batch_size, batch_format="numpy"):
+        pixels, inputs, target = _tensors(model, batch, run.device)
+        with run.autocast:
             logits = model(pixels, **inputs)
-        loss_sum += criterion(logits.float(), target).item() * len(target)
+        loss_sum += run.criterion(logits.float(), target).item() * len(target)
         labels.append(target.cpu().numpy())
         preds.append(logits.argmax(1).cpu().numpy())
     mine = (
@@ -261,12 +272,12 @@ def _validate(
         loss_sum,
     )
     parts = [mine]
-    if world > 1:
-        parts = [None] * world
+    if run.world > 1:
+        parts = [None] * run.world
         dist.all_gather_object(parts, mine)
     all_labels = np.concatenate([p[0] for p in parts])
     all_preds = np.concatenate([p[1] for p in parts])
-    metrics = classification_metrics(all_labels, all_preds, num_classes, prefix="val_")
+    metrics = classification_metrics(all_labels, all_preds, len(run.classes), prefix="val_")
     metrics["val_loss"] = sum(p[2] for p in parts) / max(len(all_labels), 1)
     return metrics
 
@@ -281,72 +292,12 @@ def _track_best(state: dict, metrics: dict, metric: str, patience: int, epoch: i
     state["epoch"] = epoch
 
 
-def _report(
-    metrics: dict,
-    state: dict,
-    model: FusedClassifier,
-    optimizer,
-    scheduler,
-    rank: int,
-    config: dict[str, Any],
-) -> None:
+def _report(run: _Run, metrics: dict) -> None:
     """All ranks report; only rank 0 writes and attaches a checkpoint."""
-    if rank != 0:
+    if run.rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory)
-        save_model(model, path / MODEL_DIR, extra={"metrics": metrics, "data": config["summary"]})
-        names = {n for n, p in model.named_parameters() if p.requires_grad}
-        names |= {n for n, _ in model.named_buffers()}
-        weights = {k: v for k, v in model.state_dict().items() if k in names}
-        torch.save(
-            {
-                "model": weights,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-            },
-            path / TRAIN_STATE_FILE,
-        )
-        (path / STATE_FILE).write_text(json.dumps(state, indent=1))
+        extra = {"metrics": metrics, "data": run.config["summary"]}
+        save_checkpoint(Path(directory), run.model, run.optimizer, run.scheduler, run.state, extra)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-
-
-def _load_checkpoint(
-    path: Path, model: FusedClassifier, optimizer, scheduler, device: torch.device
-) -> dict[str, Any]:
-    saved = torch.load(path / TRAIN_STATE_FILE, map_location=device, weights_only=True)
-    result = model.load_state_dict(saved["model"], strict=False)
-    if result.unexpected_keys:
-        raise ValueError(
-            f"checkpoint {path} does not match this model (unexpected "
-            f"{result.unexpected_keys[:5]}); use a new --out for a different model"
-        )
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    return json.loads((path / STATE_FILE).read_text())
-
-
-def _log_to_stderr() -> None:
-    """Rank 0 only: raycls INFO logs to the worker's stderr, which Ray forwards to the driver."""
-    root = logging.getLogger("raycls")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
-
-
-def _quiet_report_logs() -> None:
-    """Drop Ray Train's INFO line per report and worker (the whole metrics dict, twice an epoch).
-
-    Its logger is named by file path, so RunConfig's LoggingConfig does not reach it.
-    """
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)

@@ -2,43 +2,37 @@
 
 OUT ends up holding the best model in the model-directory format (`load_model(OUT)` works
 without Ray), `metrics.json`, `history.json` (per-epoch metrics) and `ray_train/`, Ray Train's
-run storage with the kept checkpoints. Rerunning the same command with the same OUT resumes from
-the last checkpoint; a finished run returns its recorded result without training again.
+run storage with the kept checkpoints; raycls.train.publish puts them there. Rerunning the
+same command with the same OUT resumes from the last checkpoint; a finished run returns its
+recorded result without training again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
 import time
-from pathlib import Path
 from typing import Any
 
 from raycls.cluster.runtime import cluster_is_multinode, init_ray, warn_if_local_on_multinode
 from raycls.config import Config
 from raycls.io.inputs import require_input
 from raycls.io.storage import (
-    copy_dir,
     join,
     read_json,
     resolve_storage_path,
     write_json,
 )
 from raycls.models import check_model_config
-from raycls.models.files import CONFIG_FILE
 from raycls.train.data import TrainData, prepare_data
-from raycls.train.loop import MODEL_DIR, STATE_FILE, train_loop_per_worker
+from raycls.train.loop import train_loop_per_worker
+from raycls.train.publish import METRICS_FILE, publish_run
 
 logger = logging.getLogger(__name__)
 
 RUN_NAME = "train"  # fixed, so that a rerun with the same OUT finds its checkpoints
 RAY_TRAIN_DIR = "ray_train"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.json"
 RUN_FILE = "run.json"
-CRASH_EPOCH_ENV = "RAYCLS_TEST_CRASH_AT_EPOCH"
-CRASH_MARKER_ENV = "RAYCLS_TEST_CRASH_MARKER"
 
 __all__ = ["build_trainer", "fit", "train_loop_per_worker"]
 
@@ -49,12 +43,14 @@ def fit(
     out: str,
     val_data: str | None = None,
     address: str | None = None,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
     """Train on `train_data` (validating on `val_data` or a held-out split); return metrics.
 
     Args:
         out: model directory (local path or URI such as s3://bucket/model); see module docs.
         address: Ray cluster address; None starts a local Ray (or uses RAY_ADDRESS).
+        callbacks: Ray Train callbacks for the run (tests inject faults through them).
     """
     started = time.time()
     out = resolve_storage_path(out)
@@ -73,7 +69,7 @@ def fit(
     # (on 127.0.0.1 only); without it, it logs a warning every second of training.
     init_ray(address, dashboard=True)
     warn_if_local_on_multinode(out)
-    cpus_per_worker, data_cpus = _plan_cpus(config)
+    cpus_per_worker, data_cpus, threads = _plan_cpus(config)
     data = prepare_data(config, train_data, val_data, data_cpus)
     _check_same_run(out, config, data.classes)
     write_json(
@@ -86,15 +82,28 @@ def fit(
         },
     )
     logger.info(
-        "data: %d training and %d validation examples, %d classes (%d + %d unreadable skipped)",
+        "data: %d training and %d validation examples (%s), %d classes (%d + %d unreadable "
+        "skipped); images at %d px, %s crops",
         data.summary["train"]["rows"],
         data.summary["val"]["rows"],
+        describe_validation(data.summary, val_data),
         len(data.classes),
         data.summary["train"]["bad"],
         data.summary["val"]["bad"],
+        data.image_size,
+        data.summary["crop"],
     )
-    result = _run_trainer(config, data, out, cpus_per_worker)
-    return _publish(result, out, config, data, train_data, val_data, time.time() - started)
+    result = _run_trainer(config, data, out, cpus_per_worker, threads, callbacks)
+    return publish_run(result, out, config, data, train_data, val_data, time.time() - started)
+
+
+def describe_validation(summary: dict[str, Any], val_data: str | None) -> str:
+    """Where validation examples came from, for the log and the CLI's last line."""
+    if val_data is not None:
+        return "from --val; no training data held out"
+    fraction = (summary.get("held_out") or {}).get("fraction")
+    setting = f"data.val_fraction={fraction:g}" if fraction is not None else "data.val_fraction"
+    return f"held out of the training data: {setting}; pass --val to train on all of it"
 
 
 def build_trainer(
@@ -106,7 +115,7 @@ def build_trainer(
     cpus_per_worker: float | None = None,
     extra_resources: dict[str, float] | None = None,
     callbacks: list | None = None,
-    test_crash: dict[str, Any] | None = None,
+    torch_threads: int | None = None,
 ):
     """The TorchTrainer `fit` runs: `train_loop_per_worker` over `data`, settings from `config`.
 
@@ -114,12 +123,15 @@ def build_trainer(
         storage_path: Ray Train's storage; with `name` it decides what a rerun resumes.
         cpus_per_worker: overrides train.cpus_per_worker (fit trims it on a small machine).
         extra_resources: more per-worker resources, e.g. a custom resource for Tune trials.
-        callbacks: ray.train.UserCallback instances.
+        callbacks: Ray Train callbacks (ray.train.UserCallback and the like).
+        torch_threads: torch threads per worker; None: one per reserved CPU (Ray's setting).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = config.train
+    if config.model.image_size is None:  # the size prepare_data chose from the data
+        config = config.replace(model={"image_size": data.image_size})
     resources = {"CPU": t.cpus_per_worker if cpus_per_worker is None else cpus_per_worker}
     resources.update(extra_resources or {})
     if t.use_gpu:
@@ -129,7 +141,7 @@ def build_trainer(
         "classes": data.classes,
         "train_rows": data.summary["train"]["rows"],
         "summary": data.summary,
-        "test_crash": test_crash,
+        "torch_threads": torch_threads,
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -154,7 +166,14 @@ def build_trainer(
     )
 
 
-def _run_trainer(config: Config, data: TrainData, out: str, cpus_per_worker: float):
+def _run_trainer(
+    config: Config,
+    data: TrainData,
+    out: str,
+    cpus_per_worker: float,
+    threads: int,
+    callbacks: list | None,
+):
     from ray.train import TrainingFailedError
 
     trainer = build_trainer(
@@ -162,7 +181,8 @@ def _run_trainer(config: Config, data: TrainData, out: str, cpus_per_worker: flo
         data,
         storage_path=join(out, RAY_TRAIN_DIR),
         cpus_per_worker=cpus_per_worker,
-        test_crash=_test_crash(),
+        callbacks=callbacks,
+        torch_threads=threads,
     )
     try:
         return trainer.fit()
@@ -196,23 +216,28 @@ def _split_val_unequally():
     return SplitValUnequally()
 
 
-def _plan_cpus(config: Config) -> tuple[float, float]:
-    """CPUs per training worker and per decode task, leaving room for Ray Data on one machine.
+def _plan_cpus(config: Config) -> tuple[float, float, int]:
+    """CPUs per training worker and per decode task, leaving room for Ray Data on one machine,
+    and torch threads per worker.
 
     Training workers that reserve every CPU of a single-node Ray leave none for the read and
-    decode tasks, and the run hangs; there the workers' share is trimmed, with a warning.
+    decode tasks, and the run hangs; there the workers' share is trimmed, with a warning. On
+    one machine the workers' torch threads share all its cores (the decode tasks are short
+    and the cores would idle between them): one worker then computes with every core.
     """
     import ray
 
     t = config.train
     total = float(ray.cluster_resources().get("CPU", 0.0))
     need = t.num_workers * t.cpus_per_worker
+    own_threads = max(1, math.floor(t.cpus_per_worker))
     if total <= 0 or cluster_is_multinode():
-        return t.cpus_per_worker, 1.0
+        return t.cpus_per_worker, 1.0, own_threads
+    threads = max(own_threads, math.floor(total / t.num_workers))
     # One whole CPU: the read tasks of raycls.io.inputs ask for one each.
     reserve = 1.0
     if need + reserve <= total:
-        return t.cpus_per_worker, min(1.0, total - need)
+        return t.cpus_per_worker, min(1.0, total - need), threads
     per_worker = max(0.0, (total - reserve) / t.num_workers)
     logger.warning(
         "%d workers x %s CPUs would leave none of this machine's %g CPUs for reading and "
@@ -222,18 +247,7 @@ def _plan_cpus(config: Config) -> tuple[float, float]:
         total,
         per_worker,
     )
-    return per_worker, 1.0
-
-
-def _test_crash() -> dict[str, Any] | None:
-    """Test hook: kill rank 0 once in a given epoch (see raycls.train.loop)."""
-    epoch = os.environ.get(CRASH_EPOCH_ENV)
-    if not epoch:
-        return None
-    marker = os.environ.get(CRASH_MARKER_ENV)
-    if not marker:
-        raise ValueError(f"{CRASH_EPOCH_ENV} needs {CRASH_MARKER_ENV}, a file path to create")
-    return {"epoch": int(epoch), "marker": marker}
+    return per_worker, 1.0, threads
 
 
 def _check_same_run(out: str, config: Config, classes: list[str]) -> None:
@@ -248,43 +262,3 @@ def _check_same_run(out: str, config: Config, classes: list[str]) -> None:
             f"{out} holds a run with other model settings or classes, which its checkpoints "
             "cannot resume; pass a new --out, or delete the folder to start over"
         )
-
-
-def _publish(
-    result,
-    out: str,
-    config: Config,
-    data: TrainData,
-    train_data: str,
-    val_data: str | None,
-    elapsed: float,
-) -> dict[str, Any]:
-    """Copy the best checkpoint's model to OUT; write history.json and metrics.json (last)."""
-    if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint under {out}")
-    best = result.get_best_checkpoint(config.train.metric, "max") or result.checkpoint
-    with result.checkpoint.as_directory() as latest:
-        state = json.loads((Path(latest) / STATE_FILE).read_text())
-    with best.as_directory() as directory:
-        # config.json last: its presence marks a complete model.
-        copy_dir(str(Path(directory) / MODEL_DIR), out, last=CONFIG_FILE)
-    history = state["history"]
-    best_metrics = history[state["best_epoch"]] if state["best_epoch"] is not None else {}
-    summary = {
-        "status": "finished",
-        **{k: v for k, v in best_metrics.items() if k.startswith("val_")},
-        "best_epoch": state["best_epoch"] + 1,
-        "epochs_run": len(history),
-        "stopped_early": state["stopped"],
-        "train_samples_per_s": max(h["train_samples_per_s"] for h in history),
-        "elapsed_s": round(elapsed, 1),
-        "classes": data.classes,
-        "data": data.summary,
-        "train_data": train_data,
-        "val_data": val_data,
-        "model_dir": out,
-        "config": config.to_dict(),
-    }
-    write_json(join(out, HISTORY_FILE), history)
-    write_json(join(out, METRICS_FILE), summary)
-    return summary
