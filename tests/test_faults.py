@@ -209,7 +209,7 @@ def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
 
     data, config = shapes
     out = f"{s3}/faults/train"
-    epochs = 3
+    epochs = 8  # the kill must land while epochs are left
     job = nodes.raycls(
         "train",
         f"{data}/train",
@@ -223,6 +223,7 @@ def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
         str(epochs),
         "--num-workers",
         "2",
+        "train.patience=100",  # no early stop: every epoch runs
     )
     _wait_for(out, job, lambda names: any("checkpoint_" in n for n in names))
     _kill_node_running(nodes, "ray::RayTrainWorker", job)
