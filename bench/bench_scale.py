@@ -164,7 +164,7 @@ def check_output(out: Path, rows: int) -> dict:
     counts = duckdb.sql(
         f"SELECT label, count(*) AS n FROM read_parquet('{glob}') GROUP BY label ORDER BY label"
     ).fetchall()
-    distinct = duckdb.sql(f"SELECT count(DISTINCT id) FROM read_parquet('{glob}')").fetchone()[0]
+    distinct = duckdb.sql(f"SELECT count(DISTINCT id) FROM read_parquet('{glob}')").fetchall()[0][0]
     total = sum(n for _, n in counts)
     print(
         f"\n{len(parts)} part files, {min(sizes):.2f}-{max(sizes):.2f} MiB "

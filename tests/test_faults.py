@@ -208,7 +208,7 @@ def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
 
     data, config = shapes
     out = f"{s3}/faults/train"
-    epochs = 3
+    epochs = 8  # the kill must land while epochs are left
     job = nodes.raycls(
         "train",
         f"{data}/train",
@@ -222,8 +222,12 @@ def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
         str(epochs),
         "--num-workers",
         "2",
+        "train.patience=100",  # no early stop: every epoch runs
     )
-    _wait_for(out, job, lambda names: any("checkpoint_" in n for n in names))
+    # A checkpoint counts once Ray Train has registered it, after its upload: the second
+    # epoch's checkpoint folder appearing means the first one was registered.
+    first = _checkpoints(_wait_for(out, job, lambda names: bool(_checkpoints(names))))
+    _wait_for(out, job, lambda names: bool(_checkpoints(names) - first))
     _kill_node_running(nodes, "ray::RayTrainWorker", job)
     _finish(job)
     history = _read_json(f"{out}/{HISTORY_FILE}")
@@ -267,6 +271,10 @@ def test_worker_node_killed_mid_sweep(big_nodes, shapes, s3, tmp_path):
     # Every trial ended on its own (a trial whose Train worker died restarted it from its
     # checkpoint, or Tune reran the trial when its driver died with the node).
     assert all(f"trials/{t}/{DONE_FILE}" in object_names(out) for t in table["trial_id"])
+
+
+def _checkpoints(names: set[str]) -> set[str]:
+    return {part for n in names for part in n.split("/") if part.startswith("checkpoint_")}
 
 
 def _kill_node_running(nodes: Nodes, title: str, job: subprocess.Popen) -> None:
