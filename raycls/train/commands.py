@@ -66,7 +66,8 @@ def train_cmd(
         f"{'Already trained' if result.get('already_finished') else 'Trained'}: best epoch "
         f"{result['best_epoch']} of {result['epochs_run']}, val_accuracy "
         f"{result['val_accuracy']:.4f}, val_macro_f1 {result['val_macro_f1']:.4f} "
-        f"({result['val_count']} examples {describe_validation(result.get('data', {}), val_data)}), "
+        f"({result['val_count']} examples "
+        f"{describe_validation(result.get('data', {}), val_data)}), "
         f"{result['elapsed_s']:.0f}s\n"
         f"Model: {result['model_dir']} (metrics.json, history.json)"
     )
