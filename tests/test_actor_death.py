@@ -32,8 +32,9 @@ class DiesOnceAfterYielding(ClassifyStage):
             time.sleep(0.05)
         os._exit(1)
 
-    def __init__(self, model_dir: str, **kwargs) -> None:
-        super().__init__(model_dir, **kwargs)
+    def __init__(self, model, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        model_dir = model["source"] if isinstance(model, dict) else model  # a ModelSpec dict
         self.marker = model_dir.rstrip("/") + ".died"
         self.out = os.path.join(os.path.dirname(model_dir.rstrip("/")), "out")
 
