@@ -128,7 +128,7 @@ def test_evaluate_a_model_in_the_bucket_into_the_bucket(s3, trained, shapes):
 
     metrics = evaluate(trained["out"], f"{shapes}/val", f"{s3}/report")
     assert metrics["report_dir"] == f"{s3}/report"
-    assert object_names(f"{s3}/report") == {METRICS_FILE, "confusion_matrix.png"}
+    assert object_names(f"{s3}/report") == {METRICS_FILE, "confusion_matrix.png", "report.html"}
     # The same model on the same images as training's own validation pass.
     assert metrics["accuracy"] == pytest.approx(trained["result"]["val_accuracy"])
 
