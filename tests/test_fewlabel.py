@@ -128,8 +128,9 @@ def test_self_train_stopped_in_round_2_resumes_there(tmp_path, ray_local):
     assert round1_model.stat().st_mtime_ns == before
     assert not any(m.startswith(("round 0", "round 1")) for m in messages)
     last = result["rounds"][2]
-    assert last["pseudo_labels"] == 2 * len(last["per_class"]) > 0
-    assert set(last["per_class"].values()) == {2}
+    # threshold 0: every pool image is a candidate; the quota caps each predicted class at 2
+    assert last["pseudo_labels"] == sum(last["per_class"].values()) > 0
+    assert max(last["per_class"].values()) <= 2
     assert 0.0 <= last["pseudo_precision"] <= 1.0  # the pool is laid out by class
     assert (tmp_path / "st" / "model" / "config.json").is_file()
     assert not (tmp_path / "st" / "model" / "ray_train").exists()
