@@ -103,3 +103,26 @@ def no_delays(monkeypatch) -> None:
     """Storage retries without waiting."""
     monkeypatch.setattr("raycls.io.retry.FIRST_DELAY_S", 0.0)
     monkeypatch.setattr("raycls.io.retry.MAX_DELAY_S", 0.0)
+
+
+def result_rows(shard: int, positions: list[int], total: int, last_error: bool = False) -> pa.Table:
+    """Result rows as the classify stages hand them to the driver (one shard's slice)."""
+    n = len(positions)
+    status = ["ok"] * n
+    if last_error and n:
+        status[-1] = "error"
+    return pa.table(
+        {
+            "key": [f"s{shard}r{p}" for p in positions],
+            "shard": pa.array([shard] * n, pa.int32()),
+            "shard_rows": pa.array([total] * n, pa.int32()),
+            "row": pa.array(positions, pa.int32()),
+            "label": ["cat"] * n,
+            "score": pa.array([0.5] * n, pa.float32()),
+            "top_k_labels": [["cat"]] * n,
+            "top_k_scores": pa.array([[0.5]] * n, pa.list_(pa.float32())),
+            "caption": pa.nulls(n, pa.string()),
+            "status": status,
+            "error": pa.nulls(n, pa.string()),
+        }
+    )

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import check_rows, image_bytes, make_model, read_output, write_images
+from helpers import check_rows, image_bytes, make_model, read_output, result_rows, write_images
 from tiny_models import make_tiny_captioner
 
 from raycls.bulk.output import MANIFEST, OutputDir, ShardCollector, result_schema
@@ -36,23 +36,7 @@ def captioner(tmp_path_factory) -> str:
 def test_collector_writes_a_shard_once_complete_and_drops_repeats():
     collector = ShardCollector(result_schema("path"), "m")
 
-    def rows(shard: int, positions: list[int], total: int) -> pa.Table:
-        n = len(positions)
-        return pa.table(
-            {
-                "key": [f"s{shard}r{p}" for p in positions],
-                "shard": pa.array([shard] * n, pa.int32()),
-                "shard_rows": pa.array([total] * n, pa.int32()),
-                "row": pa.array(positions, pa.int32()),
-                "label": ["cat"] * n,
-                "score": pa.array([0.5] * n, pa.float32()),
-                "top_k_labels": [["cat"]] * n,
-                "top_k_scores": pa.array([[0.5]] * n, pa.list_(pa.float32())),
-                "caption": pa.nulls(n, pa.string()),
-                "status": ["ok"] * n,
-                "error": pa.nulls(n, pa.string()),
-            }
-        )
+    rows = result_rows
 
     assert collector.add(pa.concat_tables([rows(0, [2, 0], 3), rows(1, [0], 1)]))[0][0] == 1
     assert collector.in_flight == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import result_rows
 
 from raycls.bulk.commit import commit_results
 from raycls.bulk.output import OutputDir
@@ -12,22 +13,7 @@ from raycls.io.shards import Shard, read_tasks
 
 
 def rows(shard: int, positions: list[int], total: int) -> pa.Table:
-    n = len(positions)
-    return pa.table(
-        {
-            "key": [f"s{shard}r{p}" for p in positions],
-            "shard": pa.array([shard] * n, pa.int32()),
-            "shard_rows": pa.array([total] * n, pa.int32()),
-            "row": pa.array(positions, pa.int32()),
-            "label": ["cat"] * n,
-            "score": pa.array([0.5] * n, pa.float32()),
-            "top_k_labels": [["cat"]] * n,
-            "top_k_scores": pa.array([[0.5]] * n, pa.list_(pa.float32())),
-            "caption": pa.nulls(n, pa.string()),
-            "status": ["ok"] * (n - 1) + ["error"] if n else [],
-            "error": pa.nulls(n, pa.string()),
-        }
-    )
+    return result_rows(shard, positions, total, last_error=True)
 
 
 def _out(tmp_path) -> OutputDir:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import image_bytes, make_model, no_delays, read_output, write_images
+from helpers import image_bytes, make_model, no_delays, read_output, result_rows, write_images
 
 from raycls.bulk.output import MANIFEST, OutputDir, ShardCollector, result_schema
 from raycls.bulk.sizing import StageNeeds, plan_pools
@@ -287,33 +287,14 @@ def test_mistyped_parquet_columns_fail_before_ray(tmp_path, model_dir, in_proces
 # 17: rows re-delivered after their shard was committed are ignored.
 
 
-def _rows(shard: int, positions: list[int], total: int) -> pa.Table:
-    n = len(positions)
-    return pa.table(
-        {
-            "key": [f"s{shard}r{p}" for p in positions],
-            "shard": pa.array([shard] * n, pa.int32()),
-            "shard_rows": pa.array([total] * n, pa.int32()),
-            "row": pa.array(positions, pa.int32()),
-            "label": ["cat"] * n,
-            "score": pa.array([0.5] * n, pa.float32()),
-            "top_k_labels": [["cat"]] * n,
-            "top_k_scores": pa.array([[0.5]] * n, pa.list_(pa.float32())),
-            "caption": pa.nulls(n, pa.string()),
-            "status": ["ok"] * n,
-            "error": pa.nulls(n, pa.string()),
-        }
-    )
-
-
 def test_collector_ignores_rows_redelivered_after_commit():
     collector = ShardCollector(result_schema("path"), "m")
-    assert [i for i, _ in collector.add(_rows(0, [0, 1], 2))] == [0]
-    assert collector.add(_rows(0, [0], 2)) == [] and collector.in_flight == 0
-    assert collector.add(_rows(0, [1, 0], 2)) == [] and collector.in_flight == 0
+    assert [i for i, _ in collector.add(result_rows(0, [0, 1], 2))] == [0]
+    assert collector.add(result_rows(0, [0], 2)) == [] and collector.in_flight == 0
+    assert collector.add(result_rows(0, [1, 0], 2)) == [] and collector.in_flight == 0
     # A streamed shard (count not known until its last rows) completes once it is known.
-    assert collector.add(_rows(1, [0, 1], 0)) == [] and collector.in_flight == 1
-    done = collector.add(_rows(1, [2], 3))
+    assert collector.add(result_rows(1, [0, 1], 0)) == [] and collector.in_flight == 1
+    done = collector.add(result_rows(1, [2], 3))
     assert [i for i, _ in done] == [1] and done[0][1].num_rows == 3
 
 
