@@ -100,24 +100,24 @@ def _classify(images: Path, model_dir: str, out: Path, **kwargs):
 
 
 def test_failing_shard_is_left_for_the_rerun(tmp_path, model_dir, in_process, monkeypatch):
-    from raycls.io import shards as shards_module
+    from raycls.io import reading as reading_module
 
     write_images(tmp_path / "imgs", 6)
-    real = shards_module.get_filesystem
+    real = reading_module.get_filesystem
 
     def throttled(uri):
         if uri.endswith("img0003.jpg"):
             raise OSError("AWS Error SLOW_DOWN during GetObject operation: Reduce your rate")
         return real(uri)
 
-    monkeypatch.setattr(shards_module, "get_filesystem", throttled)
+    monkeypatch.setattr(reading_module, "get_filesystem", throttled)
     with pytest.raises(RuntimeError, match="1 shard.*not committed.*SLOW_DOWN.*rerun"):
         _classify(tmp_path / "imgs", model_dir, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == [
         "part-000000.parquet",
         "part-000002.parquet",
     ]
-    monkeypatch.setattr(shards_module, "get_filesystem", real)
+    monkeypatch.setattr(reading_module, "get_filesystem", real)
     summary = _classify(tmp_path / "imgs", model_dir, tmp_path / "out")
     assert (summary["shards_done"], summary["shards_skipped"], summary["total_ok"]) == (1, 2, 6)
 

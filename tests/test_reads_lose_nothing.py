@@ -20,9 +20,9 @@ import pytest
 from helpers import image_bytes, make_model, no_delays
 
 from raycls.config import ClassifyConfig
-from raycls.io import shards as shards_module
+from raycls.io import reading as reading_module
 from raycls.io.inputs import plan_shards
-from raycls.io.shards import read_shard
+from raycls.io.reading import read_shard
 
 SLOW_DOWN = "AWS Error SLOW_DOWN during GetObject operation: Please reduce your request rate."
 
@@ -52,7 +52,7 @@ def no_backoff(monkeypatch):
 
 def flaky(monkeypatch, failures: int, error: Exception) -> FlakyFS:
     fs = FlakyFS(failures, error)
-    monkeypatch.setattr(shards_module, "get_filesystem", lambda uri: (fs, os.path.abspath(uri)))
+    monkeypatch.setattr(reading_module, "get_filesystem", lambda uri: (fs, os.path.abspath(uri)))
     return fs
 
 
@@ -191,7 +191,7 @@ class _Zeros(io.RawIOBase):
 
 
 def test_gzip_bomb_named_tar_gives_error_rows_in_bounded_memory(tmp_path):
-    from raycls.io.shards import iter_shard
+    from raycls.io.reading import iter_shard
 
     bomb = 200 * 2**20
     members: dict[str, bytes | int] = {f"s{i}.jpg": image_bytes(i) for i in range(6)}

@@ -1,4 +1,4 @@
-"""Tests for raycls.io.inputs / raycls.io.shards: planning and reading every kind of input."""
+"""Tests for raycls.io.inputs / shards / reading: planning and reading every kind of input."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from PIL import Image
 
 from raycls.io.images import decode_batch
 from raycls.io.inputs import load_labeled, plan_shards, shard_dataset
-from raycls.io.shards import ROW_SCHEMA, Shard, read_shard, split_shard
+from raycls.io.reading import ROW_SCHEMA, read_shard
+from raycls.io.shards import Shard, split_shard
 
 
 def png(colour=(255, 0, 0), size=(8, 8)) -> bytes:

@@ -16,8 +16,9 @@ import pyarrow as pa
 
 from raycls.bulk.schema import BATCH_TYPES
 from raycls.io.images import decode_each, preprocess, with_pixels
+from raycls.io.reading import iter_shard, parquet_keys, printable
 from raycls.io.retry import TransientReadError
-from raycls.io.shards import Shard, iter_shard, parquet_keys, printable
+from raycls.io.shards import Shard
 
 logger = logging.getLogger(__name__)
 

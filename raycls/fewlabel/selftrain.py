@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from raycls.config import Config
-from raycls.io.shards import relative_to
+from raycls.io.reading import relative_to
 from raycls.io.storage import (
     copy_dir,
     get_filesystem,
@@ -195,7 +195,7 @@ def _labeled_data(config: Config, labeled: str, val: str | None, data: str) -> t
 
 def _read_labeled(config: Config, source: str) -> pa.Table:
     from raycls.io.inputs import load_labeled
-    from raycls.io.shards import read_shard
+    from raycls.io.reading import read_shard
 
     d = config.data
     shards, _ = load_labeled(

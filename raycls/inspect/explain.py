@@ -27,7 +27,8 @@ from raycls.io.images import (
     preprocess,
 )
 from raycls.io.inputs import plan_shards
-from raycls.io.shards import Shard, read_shard
+from raycls.io.reading import read_shard
+from raycls.io.shards import Shard
 from raycls.io.storage import join, local_copy, write_bytes
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import pyarrow.parquet as pq
 
 from raycls.io.images import IMAGE_EXTENSIONS
-from raycls.io.shards import parquet_images
+from raycls.io.reading import parquet_images
 from raycls.io.storage import get_filesystem, read_bytes
 
 logger = logging.getLogger(__name__)

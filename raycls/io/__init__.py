@@ -1,5 +1,5 @@
 """Bytes in. `inputs` lists a source (folder, list file, Parquet, WebDataset tar; local or
-s3:// / gs://) and plans it into shards; `shards` reads one shard into rows of bytes; `images`
+s3:// / gs://) and plans it into shards; `reading` reads one shard into rows of bytes; `images`
 decodes and checks those bytes; `storage` reads and writes files and URIs. No Ray at import.
 """
 
@@ -9,5 +9,5 @@ __all__ = ["get_filesystem", "plan_shards", "read_shard"]
 
 __getattr__ = lazy_exports(
     __name__,
-    {"plan_shards": "inputs", "read_shard": "shards", "get_filesystem": "storage"},
+    {"plan_shards": "inputs", "read_shard": "reading", "get_filesystem": "storage"},
 )

@@ -19,7 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raycls.io.images import IMAGE_EXTENSIONS
-from raycls.io.shards import ROW_SCHEMA, Shard, check_columns, read_shard, relative_to
+from raycls.io.reading import ROW_SCHEMA, check_columns, read_shard, relative_to
+from raycls.io.shards import Shard
 from raycls.io.storage import get_filesystem, is_uri, resolve_ref
 
 if TYPE_CHECKING:

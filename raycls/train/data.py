@@ -21,7 +21,8 @@ import pyarrow as pa
 from raycls.config import Config
 from raycls.io.images import decode_batch, decode_each
 from raycls.io.inputs import load_labeled, shard_dataset
-from raycls.io.shards import Shard, relative_to
+from raycls.io.reading import relative_to
+from raycls.io.shards import Shard
 from raycls.models.backbones import DEFAULT_IMAGE_SIZE, resolve_image_size
 
 if TYPE_CHECKING:
