@@ -1,4 +1,4 @@
-"""Tests for raycls.io.inputs / shards / reading: planning and reading every kind of input."""
+"""Tests for raycls.io (inputs, labeled, shards, reading): planning and reading every input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from raycls.io.images import decode_batch
-from raycls.io.inputs import load_labeled, plan_shards, shard_dataset
+from raycls.io.inputs import plan_shards, shard_dataset
+from raycls.io.labeled import load_labeled
 from raycls.io.reading import ROW_SCHEMA, read_shard
 from raycls.io.shards import Shard, split_shard
 

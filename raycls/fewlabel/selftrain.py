@@ -194,7 +194,7 @@ def _labeled_data(config: Config, labeled: str, val: str | None, data: str) -> t
 
 
 def _read_labeled(config: Config, source: str) -> pa.Table:
-    from raycls.io.inputs import load_labeled
+    from raycls.io.labeled import load_labeled
     from raycls.io.reading import read_shard
 
     d = config.data

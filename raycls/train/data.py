@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from raycls.config import Config
 from raycls.io.images import decode_batch, decode_each
-from raycls.io.inputs import load_labeled, shard_dataset
+from raycls.io.inputs import shard_dataset
+from raycls.io.labeled import load_labeled
 from raycls.io.reading import relative_to
 from raycls.io.shards import Shard
 from raycls.models.backbones import DEFAULT_IMAGE_SIZE, resolve_image_size

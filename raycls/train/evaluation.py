@@ -20,7 +20,8 @@ import torch
 
 from raycls.config import DEFAULT_MAX_PIXELS
 from raycls.io.images import decode_batch
-from raycls.io.inputs import load_labeled, shard_dataset
+from raycls.io.inputs import shard_dataset
+from raycls.io.labeled import load_labeled
 from raycls.io.reading import read_shard
 from raycls.io.storage import is_remote, join, write_bytes, write_json
 from raycls.models.labels import LabelSet, load_labels
