@@ -50,7 +50,8 @@ def test_collector_writes_a_shard_once_complete_and_drops_repeats():
 
 def test_stages_run_without_ray(tmp_path, model_dir):
     """read -> decode -> classify as plain calls; an all-null text column arrives as NaN."""
-    from raycls.bulk.stages import ClassifyStage, decode_rows, read_shards
+    from raycls.bulk.read import read_shards
+    from raycls.bulk.stages import ClassifyStage, decode_rows
     from raycls.io.inputs import plan_shards
 
     write_images(tmp_path / "imgs", 3)

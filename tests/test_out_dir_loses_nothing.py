@@ -56,7 +56,8 @@ class InProcess:
         self.model_dir = model.to_dict() if hasattr(model, "to_dict") else model
 
     def iter_batches(self, **kwargs):
-        from raycls.bulk.stages import ClassifyStage, decode_rows, read_shards
+        from raycls.bulk.read import read_shards
+        from raycls.bulk.stages import ClassifyStage, decode_rows
 
         stage = ClassifyStage(self.model_dir, top_k=2, batch_size=2)
         read = {"image_column": self.config.image_column, "id_column": self.config.id_column,

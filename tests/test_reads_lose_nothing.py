@@ -113,7 +113,7 @@ def test_which_errors_are_transient(error, transient):
 
 
 def test_unreadable_parquet_shards_get_unique_keys(tmp_path):
-    from raycls.bulk.stages import read_shards
+    from raycls.bulk.read import read_shards
 
     # An int "image" column cannot be read as images: every shard of the file is unreadable.
     table = pa.table({"image": list(range(6)), "uid": [f"u{i}" for i in range(6)]})

@@ -253,7 +253,7 @@ class ShardCollector:
                 continue
             self._pending.setdefault(index, []).append(part)
             self._rows.setdefault(index, set()).update(part.column("row").to_pylist())
-            # 0 while a streamed shard's row count is not known yet (see stages.read_shards).
+            # 0 while a streamed shard's row count is not known yet (see read.read_shards).
             expected = max(self._expected.get(index, 0), pc.max(part.column("shard_rows")).as_py())
             self._expected[index] = expected
             if expected and len(self._rows[index]) >= expected:

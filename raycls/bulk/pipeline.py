@@ -172,7 +172,8 @@ def build_dataset(
     """
     import ray.data
 
-    from raycls.bulk.stages import CaptionStage, ClassifyStage, decode_rows, read_shards
+    from raycls.bulk.read import read_shards
+    from raycls.bulk.stages import CaptionStage, ClassifyStage, decode_rows
 
     c = config
     spec = model if isinstance(model, ModelSpec) else model_spec(model, config)

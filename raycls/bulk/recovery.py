@@ -64,7 +64,7 @@ def error_positions(out: OutputDir, indices: set[int]) -> dict[int, list[int]]:
 
 
 def redo_tasks(shard: Shard, positions: list[int], rows: int) -> list[dict[str, Any]]:
-    """Read tasks for the rows at `positions` of a committed shard (see stages.read_shards):
+    """Read tasks for the rows at `positions` of a committed shard (see read.read_shards):
     image files are read alone, in slices of at most `rows`; other shards whole, then
     filtered."""
     if shard.kind != "files":
