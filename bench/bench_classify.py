@@ -215,7 +215,8 @@ def bench_dataloader(model_dir: str, paths: list[Path], batch_size: int, workers
 
 
 def bench_raycls(model_dir: str, folder: Path, out: Path, args: argparse.Namespace) -> dict:
-    from raycls.bulk.pipeline import PIECE_BATCHES, classify
+    from raycls.bulk.dataset import PIECE_BATCHES
+    from raycls.bulk.pipeline import classify
     from raycls.config import ClassifyConfig
 
     config = ClassifyConfig(

@@ -27,7 +27,7 @@ __getattr__ = lazy_exports(
         "Config": "config",
         "load_config": "config",
         "classify": "bulk.pipeline",
-        "build_dataset": "bulk.pipeline",
+        "build_dataset": "bulk.dataset",
         "fit": "train.trainer",
         "evaluate": "train.evaluation",
         "run_sweep": "tune.sweep",

@@ -75,7 +75,7 @@ def test_the_callers_setting_turns_remote_code_on(planted):
 
 
 def test_classify_actor_follows_only_the_users_setting(planted):
-    from raycls.bulk.pipeline import model_spec
+    from raycls.bulk.dataset import model_spec
     from raycls.bulk.stages import ClassifyStage
     from raycls.config import ClassifyConfig
 

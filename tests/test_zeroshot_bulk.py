@@ -34,7 +34,8 @@ def images(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("kind", ["clip", "siglip", "vit"])
 def test_hf_models_through_the_bulk_path(ray_local, tmp_path, images, kind):
-    from raycls.bulk.pipeline import classify, model_spec
+    from raycls.bulk.dataset import model_spec
+    from raycls.bulk.pipeline import classify
     from raycls.models.predictor import load_predictor
 
     build = {"clip": make_tiny_clip, "siglip": make_tiny_siglip}.get(kind)

@@ -6,4 +6,4 @@ from raycls._lazy import lazy_exports
 
 __all__ = ["build_dataset", "classify"]
 
-__getattr__ = lazy_exports(__name__, {"classify": "pipeline", "build_dataset": "pipeline"})
+__getattr__ = lazy_exports(__name__, {"classify": "pipeline", "build_dataset": "dataset"})

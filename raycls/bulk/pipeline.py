@@ -1,10 +1,11 @@
 """The bulk pipeline (Ray Data): list inputs -> deterministic shards -> read bytes -> decode ->
 caption (optional actor pool) -> classify (actor pool) -> one Parquet file per shard.
 
-Result rows stream back to the driver (small columns only: pixels and bytes stay in the
-workers), and each shard's file is committed as soon as all its rows have arrived
-(`raycls.bulk.commit`). A rerun on the same OUT_DIR skips committed shards; see
-`raycls.bulk.output` for the manifest rules and `raycls.bulk.lock` for one run at a time.
+`raycls.bulk.dataset` builds the Ray Dataset. Result rows stream back to the driver (small
+columns only: pixels and bytes stay in the workers), and each shard's file is committed as soon
+as all its rows have arrived (`raycls.bulk.commit`). A rerun on the same OUT_DIR skips committed
+shards; see `raycls.bulk.output` for the manifest rules and `raycls.bulk.lock` for one run at a
+time.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import time
 from typing import Any
 
 from raycls.bulk.commit import commit_results
+from raycls.bulk.dataset import build_dataset, model_spec, pool_sizes
 from raycls.bulk.lock import OutputLock
 from raycls.bulk.output import OutputDir
-from raycls.bulk.recovery import error_positions, redo_tasks, valid_parts
-from raycls.bulk.sizing import PoolSize, StageNeeds, plan_pools
+from raycls.bulk.recovery import error_positions, valid_parts
+from raycls.bulk.sizing import PoolSize
 from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import check_parquet_columns, plan_shards
-from raycls.io.shards import Shard, read_tasks
+from raycls.io.shards import Shard
 from raycls.io.storage import get_filesystem, is_remote, redact
-from raycls.models.predictor import ModelSpec, model_identity, resolve_model
+from raycls.models.predictor import ModelSpec, model_identity
 
 logger = logging.getLogger(__name__)
 
-PIECE_BATCHES = 4  # batches per read task
 # Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.
 IDENTITY_SETTINGS = ("shard_size", "captioner", "caption_prompt", "max_new_tokens",
                      "caption_image_size", "text_column", "image_column", "id_column", "top_k",
@@ -145,116 +146,6 @@ def _failed_message(failed: dict[int, str]) -> str:
         f"{first}: {failed[first]}); the other shards are committed: rerun the same command "
         "to retry these"
     )
-
-
-def model_spec(model_dir: str, config: ClassifyConfig) -> ModelSpec:
-    """The model `--model` names, with its kind and labels as `config` gives them."""
-    c = config
-    return resolve_model(model_dir, kind=c.model_kind, labels=c.labels, raw_scores=c.raw_scores,
-                         trust_remote_code=c.trust_remote_code)  # fmt: skip
-
-
-def build_dataset(
-    shards: list[Shard],
-    model: str | ModelSpec,
-    config: ClassifyConfig,
-    pools: list[PoolSize] | None = None,
-    redo: dict[int, list[int]] | None = None,
-) -> Any:
-    """The lazy Ray Dataset of result rows (key, routing columns, predictions, status, error).
-
-    `redo` maps shards of which to read only some rows to those rows' positions.
-
-    One read task per shard, or per slice of a big shard of image files. Before a CPU actor,
-    reading and decoding take that actor's resources so that Ray Data fuses them into it (no
-    pixel copies through the object store); before a GPU actor they run as separate 1-CPU tasks
-    that keep the GPU fed. `pools`: the actor pools' sizes (default: `pool_sizes(config)`).
-    """
-    import ray.data
-
-    from raycls.bulk.read import read_shards
-    from raycls.bulk.stages import CaptionStage, ClassifyStage, decode_rows
-
-    c = config
-    spec = model if isinstance(model, ModelSpec) else model_spec(model, config)
-    pools = pools or pool_sizes(config)
-    actors = [
-        _actor(CaptionStage, (c.captioner,), c.cpus_per_caption_actor,
-               c.gpus_per_caption_actor, c.caption_batch_size, prompt=c.caption_prompt,
-               max_new_tokens=c.max_new_tokens, trust_remote_code=c.trust_remote_code),
-        _actor(ClassifyStage, (spec.to_dict(),), c.cpus_per_classify_actor,
-               c.gpus_per_classify_actor, c.batch_size, top_k=c.top_k),
-    ][0 if c.captioner else 1 :]  # fmt: skip
-    fused = actors[0]["num_gpus"] is None
-    prep_cpus = actors[0]["num_cpus"] if fused else 1.0
-    read_kwargs = {"image_column": c.image_column, "text_column": c.text_column,
-                   "id_column": c.id_column, "max_file_bytes": c.max_file_bytes}  # fmt: skip
-    decode_kwargs = {"size": spec.image.size, "max_pixels": c.max_pixels,
-                     "caption_size": c.caption_image_size if c.captioner else None,
-                     "chunk_rows": actors[0]["fn_constructor_kwargs"]["batch_size"]}  # fmt: skip
-    # Read tasks of a few batches each: actors share big shards and finish together.
-    batch = actors[0]["fn_constructor_kwargs"]["batch_size"]
-    piece = PIECE_BATCHES * batch
-    redo = redo or {}
-    fresh = [s for s in shards if s.index not in redo]
-    tasks = read_tasks(fresh, piece, batch, first=pools[0].initial_size)
-    tasks += [t for s in shards if s.index in redo for t in redo_tasks(s, redo[s.index], piece)]
-    items = [{"shard": json.dumps(task)} for task in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # batch_size=None: a fused operator bundles inputs up to its largest batch_size, which
-    # would put that many *shards* into one task. The stages chunk their input themselves.
-    ds = ds.map_batches(read_shards, fn_kwargs=read_kwargs, batch_size=None,
-                        batch_format="pyarrow", num_cpus=prep_cpus)  # fmt: skip
-    ds = ds.map_batches(decode_rows, fn_kwargs=decode_kwargs, batch_size=None,
-                        batch_format="numpy", num_cpus=prep_cpus)  # fmt: skip
-    for i, (actor, pool) in enumerate(zip(actors, pools, strict=True)):
-        if fused and i == 0:
-            # A second read task queued at each actor starts the moment the first ends (no
-            # scheduling gap between tasks); at most one more waits there, so the
-            # actors still finish within one slice of each other.
-            actor.update(batch_size=None, compute=_pool(pool, in_flight=2))
-        else:
-            actor.update(compute=_pool(pool))
-        ds = ds.map_batches(**actor)
-    return ds
-
-
-def pool_sizes(config: ClassifyConfig) -> list[PoolSize]:
-    """The actor pools (captioning if any, then classification), sized from the connected
-    cluster's CPUs and GPUs where `config` pins no size."""
-    import ray
-
-    c = config
-    stages = [
-        StageNeeds(c.caption_actors, c.cpus_per_caption_actor, c.gpus_per_caption_actor),
-        StageNeeds(c.classify_actors, c.cpus_per_classify_actor, c.gpus_per_classify_actor),
-    ][0 if c.captioner else 1 :]
-    if all(s.pinned is not None for s in stages):
-        return plan_pools(stages, 0.0, 0.0)
-    total = ray.cluster_resources()
-    return plan_pools(stages, total.get("CPU", 0.0), total.get("GPU", 0.0))
-
-
-def _actor(
-    cls: type, args: tuple, cpus: float, gpus: float, batch_size: int, **kwargs: Any
-) -> dict[str, Any]:
-    """map_batches arguments for an actor pool stage (torch threads = reserved CPUs)."""
-    kwargs.update(batch_size=batch_size, num_cpus=cpus, use_gpu=gpus > 0)
-    return {
-        "fn": cls,
-        "fn_constructor_args": args,
-        "fn_constructor_kwargs": kwargs,
-        "batch_size": batch_size,
-        "batch_format": "numpy",
-        "num_cpus": cpus,
-        "num_gpus": gpus or None,
-    }
-
-
-def _pool(pool: PoolSize, in_flight: int | None = None) -> Any:
-    from ray.data import ActorPoolStrategy
-
-    return ActorPoolStrategy(**pool.strategy_kwargs(), max_tasks_in_flight_per_actor=in_flight)
 
 
 def _run(
