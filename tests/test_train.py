@@ -307,7 +307,7 @@ def test_non_finite_loss_stops_the_run_naming_epoch_and_step(ray_local, digits, 
 
 def test_image_size_comes_from_the_data_or_the_pretrained_weights():
     from raycls.config import ModelConfig
-    from raycls.models.backbones import pretrained_image_size, resolve_image_size
+    from raycls.models.weights import pretrained_image_size, resolve_image_size
 
     assert resolve_image_size(ModelConfig(), 32) == 32
     assert (

@@ -7,28 +7,24 @@ torchvision's parameter names, so torchvision-format state-dict files load into 
 
 from __future__ import annotations
 
-import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
-if TYPE_CHECKING:
-    from raycls.config import ModelConfig
-
-logger = logging.getLogger(__name__)
+from raycls.models.weights import (
+    check_weights_name,
+    fetch_torchvision,
+    load_state_dict_file,
+    weights_kind,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-# model.image_size from the data: the median side, within these bounds (see resolve_image_size).
-IMAGE_SIZE_BOUNDS = (32, 224)
-DEFAULT_IMAGE_SIZE = 224  # torchvision's input size, for pretrained weights of unknown origin
 
 
 @dataclass(frozen=True)
@@ -176,15 +172,6 @@ class Backbone(nn.Module):
         return out.shape[1], (out.shape[2], out.shape[3])
 
 
-def weights_kind(weights: str | None) -> str:
-    """'none', 'file' (a local state-dict file) or 'torchvision' (a weights enum name)."""
-    if weights is None:
-        return "none"
-    if weights.endswith(STATE_DICT_SUFFIXES) or os.sep in weights or Path(weights).exists():
-        return "file"
-    return "torchvision"
-
-
 def check_backbone(name: str, weights: str | None) -> None:
     """Raise ValueError unless `name` is a supported backbone and `weights` one of its weights
     names or an existing state-dict file. Cheap: builds nothing, so a run can check its
@@ -197,7 +184,7 @@ def check_backbone(name: str, weights: str | None) -> None:
         )
     kind = weights_kind(weights)
     if kind == "torchvision":
-        _check_weights_name(name, weights)
+        check_weights_name(name, weights)
     elif kind == "file" and not Path(weights).is_file():
         raise ValueError(f"model.backbone_weights: weights file {weights!r} does not exist")
 
@@ -218,7 +205,7 @@ def build_backbone(
         if spec.half_normalised_when_pretrained:
             kwargs = {"transform_input": True, "init_weights": False}
     if kind == "torchvision" and load_weights:
-        model = _fetch_torchvision(name, weights)
+        model = fetch_torchvision(name, weights)
     else:
         model = torchvision.models.get_model(name, weights=None, **kwargs)
     # A ModuleList (MaxViT's blocks) becomes a Sequential with the same parameter names.
@@ -232,84 +219,8 @@ def build_backbone(
         children.append(("final_relu", nn.ReLU()))
     trunk = nn.Sequential(OrderedDict(children))
     if kind == "file" and load_weights:
-        _load_state_dict_file(trunk, Path(weights), name)
+        load_state_dict_file(trunk, Path(weights), name)
     return Backbone(name, trunk, pretrained=kind != "none", image_size=image_size)
-
-
-def _check_weights_name(name: str, weights: str) -> None:
-    valid = ["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)]
-    if weights not in valid:
-        raise ValueError(
-            f"model.backbone_weights={weights!r} is neither a torchvision weights name for "
-            f"{name!r} ({', '.join(valid)}) nor an existing state-dict file "
-            f"({', '.join(STATE_DICT_SUFFIXES)})"
-        )
-
-
-def _fetch_torchvision(name: str, weights: str) -> nn.Module:
-    try:
-        return torchvision.models.get_model(name, weights=weights)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError
-        raise RuntimeError(
-            f"could not get torchvision weights {weights!r} for {name!r} ({err}); without "
-            "network access, put the file in $TORCH_HOME/hub/checkpoints or pass a local "
-            "state-dict file as model.backbone_weights"
-        ) from err
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, or a .pt/.pth/.bin file read without unpickling code."""
-    if not path.is_file():
-        raise ValueError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def _load_state_dict_file(trunk: nn.Sequential, path: Path, name: str) -> None:
-    state = read_state_dict(path)
-    expected = trunk.state_dict()
-    kept = {k: v for k, v in state.items() if k in expected}
-    # Anything else is the classifier head (fc, classifier, aux) that this model replaces.
-    dropped = sorted(set(state) - set(kept))
-    missing = sorted(set(expected) - set(kept))
-    if missing:
-        raise ValueError(
-            f"{str(path)!r} does not fit backbone {name!r}: {len(missing)} tensors missing, e.g. "
-            f"{missing[:5]}; the file has e.g. {sorted(state)[:5]}"
-        )
-    if dropped:
-        logger.info("ignoring %d head tensors from %s, e.g. %s", len(dropped), path, dropped[:3])
-    trunk.load_state_dict(kept, strict=True)
-
-
-def resolve_image_size(model: ModelConfig, median_side: int | None) -> int:
-    """model.image_size, or when None: the pretrained input size of the backbone's weights,
-    else the data's median side clamped to IMAGE_SIZE_BOUNDS (no upscaling of small images,
-    no 16x the pixels of what the data holds)."""
-    if model.image_size is not None:
-        return model.image_size
-    if model.backbone_weights is not None:
-        return pretrained_image_size(model.backbone, model.backbone_weights)
-    lo, hi = IMAGE_SIZE_BOUNDS
-    return int(min(hi, max(lo, median_side or hi)))
-
-
-def pretrained_image_size(backbone: str, weights: str) -> int:
-    """The crop size torchvision's weights were trained at; DEFAULT_IMAGE_SIZE for a file."""
-    if weights_kind(weights) != "torchvision":
-        return DEFAULT_IMAGE_SIZE
-    enum = torchvision.models.get_model_weights(backbone)
-    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
-    transforms = chosen.transforms  # a functools.partial of the eval transform
-    return int(getattr(transforms, "keywords", {}).get("crop_size", DEFAULT_IMAGE_SIZE))
 
 
 __all__ = [
@@ -321,8 +232,4 @@ __all__ = [
     "build_backbone",
     "check_backbone",
     "list_backbones",
-    "pretrained_image_size",
-    "read_state_dict",
-    "resolve_image_size",
-    "weights_kind",
 ]

@@ -20,15 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raycls.config import MODEL_FORMAT, Config, ModelConfig
-from raycls.models.backbones import (
-    Backbone,
-    build_backbone,
-    check_backbone,
-    resolve_image_size,
-)
+from raycls.models.backbones import Backbone, build_backbone, check_backbone
 from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from raycls.models.fusion import Features, build_fusion, fusion_spec
 from raycls.models.text import TextEncoder, build_text_encoder, resolve_text_encoder
+from raycls.models.weights import resolve_image_size
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from raycls.io.inputs import shard_dataset
 from raycls.io.labeled import load_labeled
 from raycls.io.reading import relative_to
 from raycls.io.shards import Shard
-from raycls.models.backbones import DEFAULT_IMAGE_SIZE, resolve_image_size
+from raycls.models.weights import DEFAULT_IMAGE_SIZE, resolve_image_size
 
 if TYPE_CHECKING:
     import ray.data
