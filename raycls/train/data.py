@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from raycls.config import Config
-from raycls.io.images import decode_batch, decode_each
+from raycls.io.images import decode_batch
 from raycls.io.inputs import shard_dataset
 from raycls.io.labeled import load_labeled
 from raycls.io.reading import relative_to
 from raycls.io.shards import Shard
 from raycls.models.weights import DEFAULT_IMAGE_SIZE, resolve_image_size
+from raycls.train.checks import check_classes, check_split, check_text, scan_batch
 
 if TYPE_CHECKING:
     import ray.data
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 # shuffle buffers, large enough that per-task overhead stays small.
 SHARD_SIZE = 256
 DECODE_BATCH_SIZE = 64
-BAD_EXAMPLES = 10
 
 
 @dataclass
@@ -96,8 +95,8 @@ def prepare_data(
     train_scan = _scan(train_raw, d.max_pixels)
     val_scan = _scan(val_raw, d.max_pixels)
     summary = {
-        "train": _check_split("training", train_data, train_scan, d.max_bad_fraction),
-        "val": _check_split("validation", val_data or train_data, val_scan, d.max_bad_fraction),
+        "train": check_split("training", train_data, train_scan, d.max_bad_fraction),
+        "val": check_split("validation", val_data or train_data, val_scan, d.max_bad_fraction),
     }
     summary["held_out"] = (
         None
@@ -109,8 +108,8 @@ def prepare_data(
     image_size = resolve_image_size(config.model, summary["median_side"])
     crop = _choose_crop(d.crop, summary["median_side"], image_size)
     summary["image_size"], summary["crop"] = image_size, crop if d.augment else "none"
-    _check_classes(classes, summary, train_data, val_data)
-    _check_text(config, summary)
+    check_classes(classes, summary, train_data, val_data)
+    check_text(config, summary)
     if summary["train"]["rows"] < config.train.num_workers:
         raise ValueError(
             f"{summary['train']['rows']} readable training examples cannot feed "
@@ -195,107 +194,13 @@ def _split_batch(
     return batch.filter(pa.array(is_val if keep_val else ~is_val))
 
 
-def _scan_batch(batch: dict[str, Any], *, max_pixels: int) -> dict[str, Any]:
-    """Decode each image only to learn whether it can be; keep key, label, text flag, error."""
-    sides = np.zeros(len(batch["image"]), dtype=np.int64)
-
-    def use(i: int, img) -> None:
-        sides[i] = min(img.size)
-
-    found = decode_each(batch["image"], batch.get("error"), use, max_pixels=max_pixels)
-    errors = [error or "" for error in found]
-    texts = batch.get("text")
-    return {
-        "key": batch["key"],
-        "label": batch["label"],
-        "has_text": np.array(
-            [isinstance(t, str) and bool(t.strip()) for t in texts]
-            if texts is not None
-            else [False] * len(errors)
-        ),
-        "error": np.array(errors, dtype=object),
-        "side": sides,
-    }
-
-
 def _scan(ds: ray.data.Dataset, max_pixels: int) -> dict[str, np.ndarray]:
     scanned = ds.map_batches(
-        _scan_batch, fn_kwargs={"max_pixels": max_pixels}, batch_size=DECODE_BATCH_SIZE
+        scan_batch, fn_kwargs={"max_pixels": max_pixels}, batch_size=DECODE_BATCH_SIZE
     )
     scanned.context.enable_progress_bars = False
     rows = scanned.to_pandas()
     return {name: rows[name].to_numpy() for name in ("key", "label", "has_text", "error", "side")}
-
-
-def _check_split(
-    what: str, source: str, scan: dict[str, np.ndarray], max_bad_fraction: float
-) -> dict[str, Any]:
-    """Count rows, unreadable images and labels; stop when too many images are unreadable."""
-    total = len(scan["key"])
-    if total == 0:
-        raise ValueError(f"{what} data {source!r} has no examples")
-    bad = np.array([bool(e) for e in scan["error"]], dtype=bool)
-    unlabeled = np.array([lab is None for lab in scan["label"]], dtype=bool)
-    examples = [f"{k}: {e}" for k, e in zip(scan["key"][bad], scan["error"][bad], strict=True)]
-    if bad.any():
-        fraction = bad.sum() / total
-        message = (
-            f"{bad.sum()} of {total} {what} images ({fraction:.1%}) cannot be read and are "
-            f"skipped, e.g.\n  " + "\n  ".join(examples[:BAD_EXAMPLES])
-        )
-        if fraction > max_bad_fraction:
-            raise ValueError(
-                message + f"\nThat is over data.max_bad_fraction={max_bad_fraction}; fix or "
-                "remove these files, or raise data.max_bad_fraction to train anyway"
-            )
-        logger.warning(message)
-    if unlabeled.any():
-        logger.warning("%d %s rows have no label and are skipped", unlabeled.sum(), what)
-    good = ~bad & ~unlabeled
-    return {
-        "rows": int(good.sum()),
-        "bad": int(bad.sum()),
-        "unlabeled": int(unlabeled.sum()),
-        "with_text": int(scan["has_text"][good].sum()),
-        "bad_examples": examples[:BAD_EXAMPLES],
-        "per_class": dict(sorted(Counter(str(x) for x in scan["label"][good]).items())),
-    }
-
-
-def _check_classes(
-    classes: list[str], summary: dict[str, Any], train_data: str, val_data: str | None
-) -> None:
-    train_counts, val_counts = summary["train"]["per_class"], summary["val"]["per_class"]
-    empty = [c for c in classes if not train_counts.get(c)]
-    if empty:
-        raise ValueError(
-            f"class(es) {empty} have no readable training images in {train_data!r}; add images "
-            "or remove the class folder(s)"
-        )
-    missing = [c for c in classes if not val_counts.get(c)]
-    if not missing:
-        return
-    if val_data is not None:
-        raise ValueError(
-            f"class(es) {missing} are in the training data but have no readable examples in the "
-            f"validation data {val_data!r}; add validation examples for them, or train without "
-            "--val to hold out data.val_fraction of the training data"
-        )
-    logger.warning(
-        "the held-out validation split has no examples of %s; raise data.val_fraction or pass "
-        "--val for a validation set that covers every class",
-        missing,
-    )
-
-
-def _check_text(config: Config, summary: dict[str, Any]) -> None:
-    if config.model.fusion != "image_only" and summary["train"]["with_text"] == 0:
-        logger.warning(
-            "model.fusion=%s uses text but no training example has any (data.text_column=%r); "
-            "the text branch will learn nothing. Use --fusion image_only or add text",
-            config.model.fusion,
-            config.data.text_column,
-        )
 
 
 def _prepare_batch(
