@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from raycls.config import Config, load_config, parse_overrides, save_config
+from raycls.config import Config, load_config, save_config
+from raycls.config_parse import parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from raycls.config import Config, merge
+from raycls.config import Config
+from raycls.config_parse import merge
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 # Values every trial set runs (Tune's grid_search): num_samples trials for each combination.
