@@ -204,7 +204,7 @@ def _wait_for(uri: str, job: subprocess.Popen, found) -> set[str]:
 
 def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
     nodes = big_nodes
-    from raycls.train.trainer import HISTORY_FILE, METRICS_FILE
+    from raycls.train.publish import HISTORY_FILE, METRICS_FILE
 
     data, config = shapes
     out = f"{s3}/faults/train"
