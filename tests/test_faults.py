@@ -238,12 +238,6 @@ def test_worker_node_killed_mid_training(big_nodes, shapes, s3):
     assert metrics["epochs_run"] == epochs
 
 
-@pytest.mark.xfail(
-    reason="raycls.tune.sweep runs Tune with FailureConfig(max_failures=0): a trial whose "
-    "driver died with its node ends as ERROR instead of resuming from its checkpoint "
-    "(seen once in the three-node run of issue 14); passes when only Train workers died",
-    strict=False,
-)
 def test_worker_node_killed_mid_sweep(big_nodes, shapes, s3, tmp_path):
     nodes = big_nodes
     from raycls.tune.results import DONE_FILE, TERMINATED

@@ -302,6 +302,32 @@ def _fake_frames(tmp_path):
     return trials, history
 
 
+def test_a_trial_that_raised_fails_its_retries_at_once(tmp_path, monkeypatch):
+    """Tune retries trials (a driver dies with its node); one that raised is not retrained."""
+    import ray.tune
+    import ray.tune.integration.ray_train
+
+    import raycls.train.trainer
+    from raycls.tune import trial
+
+    builds = []
+
+    def build_trainer(config, *args, **kwargs):
+        builds.append(config)
+        raise ValueError("model.backbone='nope' is not a supported torchvision backbone")
+
+    monkeypatch.setattr(raycls.train.trainer, "build_trainer", build_trainer)
+    context = type("Context", (), {"get_trial_id": lambda self: "t1"})()
+    monkeypatch.setattr(ray.tune, "get_context", lambda: context)
+    monkeypatch.setattr(ray.tune.integration.ray_train, "TuneReportCallback", object)
+    base = Config().to_dict()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="ValueError: model.backbone='nope'"):
+            trial.run_trial({}, base=base, data=None, trials_dir=str(tmp_path))
+    assert len(builds) == 1  # the retry read the first failure instead of building again
+    assert (tmp_path / "t1" / trial.STARTS_FILE).read_text().count("\n") == 2
+
+
 def test_results_table_ranks_trials_and_names_their_status(tmp_path):
     trials, history = _fake_frames(tmp_path)
     table = results_table(trials, history, "val_accuracy", max_epochs=2)

@@ -259,7 +259,11 @@ def _tuner(
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=out,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # A trial whose driver dies with its node is retried (and resumes from its Train
+            # checkpoint); one that raised fails its retries at once (see tune/trial.py).
+            failure_config=tune.FailureConfig(
+                max_failures=base.train.max_failures, fail_fast=False
+            ),
             callbacks=[PlacementGroupReaper()],
             verbose=1,
         ),
