@@ -116,6 +116,9 @@ class DataConfig:
     crop: str = "auto"
     # Horizontal flips in augmentation; turn off where mirror images change the class (digits).
     flip: bool = True
+    # Also turn training images by a random multiple of 90 degrees (with `flip`: all eight
+    # orientations), for images with no up or down: drawn shapes, aerial photos, microscopy.
+    rotate90: bool = False
     # A run stops with an error when more than this fraction of images cannot be decoded.
     max_bad_fraction: float = 0.05
     max_pixels: int = DEFAULT_MAX_PIXELS

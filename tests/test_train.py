@@ -339,6 +339,17 @@ def test_shift_augmentation_moves_and_flips_without_rescaling():
     assert not np.array_equal(same, pixels) or not np.array_equal(out, pixels)
 
 
+def test_quarter_turns_keep_every_pixel_and_reach_all_four_orientations():
+    from raycls.train.data import rotate_by_quarters
+
+    image = np.arange(3 * 5 * 5, dtype=np.float32).reshape(3, 5, 5)
+    out = rotate_by_quarters(np.stack([image] * 64), np.random.default_rng(0))
+    turns = [next(k for k in range(4) if np.array_equal(o, np.rot90(image, k, axes=(1, 2))))
+             for o in out]  # fmt: skip
+    assert set(turns) == {0, 1, 2, 3}
+    assert rotate_by_quarters(out[:0], np.random.default_rng(0)).shape == (0, 3, 5, 5)
+
+
 @pytest.mark.integration
 def test_pretrained_backbone_from_a_local_file_frozen_for_the_first_epoch(
     ray_local, digits, tmp_path

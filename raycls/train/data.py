@@ -121,7 +121,13 @@ def prepare_data(
     # Fresh augmentation each epoch: Ray Data re-runs the pipeline per epoch, seed None.
     train = train_raw.map_batches(
         _prepare_batch,
-        fn_kwargs={**prep, "train": d.augment, "flip": d.flip, "crop": crop},
+        fn_kwargs={
+            **prep,
+            "train": d.augment,
+            "flip": d.flip,
+            "crop": crop,
+            "rotate90": d.rotate90,
+        },
         batch_size=DECODE_BATCH_SIZE,
         num_cpus=data_cpus,
     )
@@ -212,12 +218,15 @@ def _prepare_batch(
     classes: dict[str, int],
     flip: bool = True,
     crop: str = "resized",
+    rotate90: bool = False,
 ) -> dict[str, Any]:
     """Decode (and for training augment), drop unreadable or unlabelled rows, index labels."""
     resized = train and crop == "resized"
     out = decode_batch(batch, size=size, max_pixels=max_pixels, train=resized, flip=flip)
     if train and crop == "shift":
         out["pixels"] = shift_and_flip(out["pixels"], np.random.default_rng(), flip=flip)
+    if train and rotate90:
+        out["pixels"] = rotate_by_quarters(out["pixels"], np.random.default_rng())
     labels = np.array([classes.get(lab, -1) if lab is not None else -1 for lab in out["label"]])
     keep = (out["status"] == "ok") & (labels >= 0)
     texts = out.get("text")
@@ -229,6 +238,14 @@ def _prepare_batch(
         "text": texts[keep],
         "label": labels[keep].astype(np.int64),
     }
+
+
+def rotate_by_quarters(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Turn each [3, S, S] image by 0, 90, 180 or 270 degrees, drawn per image."""
+    if not len(pixels):
+        return pixels
+    turns = rng.integers(0, 4, size=len(pixels))
+    return np.stack([np.rot90(p, k, axes=(1, 2)) for p, k in zip(pixels, turns, strict=True)])
 
 
 def shift_and_flip(pixels: np.ndarray, rng: np.random.Generator, flip: bool = True) -> np.ndarray:

@@ -83,7 +83,7 @@ def fit(
     )
     logger.info(
         "data: %d training and %d validation examples (%s), %d classes (%d + %d unreadable "
-        "skipped); images at %d px, %s crops",
+        "skipped); images at %d px, %s crops%s",
         data.summary["train"]["rows"],
         data.summary["val"]["rows"],
         describe_validation(data.summary, val_data),
@@ -92,6 +92,7 @@ def fit(
         data.summary["val"]["bad"],
         data.image_size,
         data.summary["crop"],
+        " and quarter turns" if config.data.augment and config.data.rotate90 else "",
     )
     result = _run_trainer(config, data, out, cpus_per_worker, threads, callbacks)
     return publish_run(result, out, config, data, train_data, val_data, time.time() - started)
