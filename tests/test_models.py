@@ -114,6 +114,31 @@ def test_gpt2_decoder_with_last_pooling(gpt2):
     logits.sum().backward()
 
 
+@pytest.mark.parametrize(("encoder", "pooling"), [("bert", "mean"), ("gpt2", "last")])
+def test_remembered_frozen_features_equal_fresh_ones(encoder, pooling, request):
+    model = _model(request.getfixturevalue(encoder), fusion="cross_attention", pooling=pooling)
+    text = model.text
+    assert text.adaptation == "frozen"
+    batches = [["a red cat", "the white house", ""], ["a red cat", "dogs", "the white house"]]
+    fresh = [text(**_text_only(model.tokenize(b))) for b in batches]
+    calls = []
+    text.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(
+        len(kwargs["input_ids"])), with_kwargs=True)  # fmt: skip
+    text.remember_features()
+    for _ in range(2):  # the second pass over the same texts reads them all from memory
+        for batch, (pooled, tokens) in zip(batches, fresh, strict=True):
+            batch = _text_only(model.tokenize(batch))
+            got_pooled, got_tokens = text(**batch)
+            assert torch.allclose(got_pooled, pooled, atol=1e-5)
+            real = batch["attention_mask"].bool()
+            assert torch.allclose(got_tokens[real], tokens[real], atol=1e-5)
+    assert calls == [3, 1]  # "dogs" was the only text the second batch had not seen
+    text.remember_features(max_bytes=0)  # nothing fits: every text is encoded each time
+    text(**_text_only(model.tokenize(batches[0])))
+    text(**_text_only(model.tokenize(batches[0])))
+    assert calls[2:] == [3, 3]
+
+
 def _text_only(batch: dict) -> dict:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -217,6 +242,22 @@ def test_save_load_lora_model_merges_adapters(gpt2, tmp_path):
     loaded = _assert_round_trip(model, tmp_path / "lora", TEXTS)
     trainable = [n for n, p in loaded.text.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_image_head_trains_beside_the_fused_head_and_survives_save_load(bert, tmp_path):
+    model = _model(bert, image_loss_weight=0.5).train()
+    logits, image_logits = model(_pixels(), **model.tokenize(TEXTS), with_image_logits=True)
+    assert logits.shape == image_logits.shape == (4, len(LABELS))
+    image_logits.sum().backward()  # the CNN gets a gradient from pixels alone
+    assert next(model.backbone.parameters()).grad.abs().sum() > 0
+    save_model(model.eval(), tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    with torch.no_grad():
+        inputs = loaded.tokenize(TEXTS)
+        assert torch.allclose(loaded(_pixels(), **inputs), model(_pixels(), **inputs), atol=1e-5)
+    assert _model(bert).image_head is None  # weight 0 (the default): no extra head
+    assert _model(bert, image_loss_weight=1.0)(_pixels(), with_image_logits=True)[1] is not None
+    assert _model(None, fusion="image_only", image_loss_weight=1.0).image_head is None
 
 
 def test_save_load_image_only_model_without_tokenizer(tmp_path):

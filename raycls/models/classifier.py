@@ -58,6 +58,13 @@ class FusedClassifier(nn.Module):
             len(self.labels),
             config.dropout,
         )
+        # Trained by train.loop when model.image_loss_weight > 0; unused at inference.
+        both = backbone is not None and text is not None and config.image_loss_weight > 0
+        self.image_head = nn.Linear(backbone.channels, len(self.labels)) if both else None
+
+    def image_logits(self, image_map: torch.Tensor) -> torch.Tensor:
+        """The image-only head's logits from the CNN's feature map [B, C, h, w]."""
+        return self.image_head(image_map.mean(dim=(2, 3)))
 
     def tokenize(self, texts: list[str | None]) -> dict[str, torch.Tensor]:
         """input_ids, attention_mask and has_text; None, empty or blank text counts as absent."""
@@ -74,8 +81,13 @@ class FusedClassifier(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         has_text: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, num_labels]; without input_ids every example counts as text-free."""
+        with_image_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, num_labels]; without input_ids every example counts as text-free.
+
+        with_image_logits: also return the image-only head's logits (None without that head),
+        as training does for model.image_loss_weight.
+        """
         device = self._device()
         sizes = [t.shape[0] for t in (pixels, input_ids, has_text) if t is not None]
         if not sizes or len(set(sizes)) > 1:
@@ -90,7 +102,22 @@ class FusedClassifier(nn.Module):
             has_text = torch.full((batch_size,), input_ids is not None, dtype=torch.bool)
         has_text = has_text.to(device=device, dtype=torch.bool)
         if self.text is None:
-            return self.head(Features(image_map, None, None, None, has_text))
+            logits = self.head(Features(image_map, None, None, None, has_text))
+        else:
+            logits = self._fuse(image_map, input_ids, attention_mask, has_text, batch_size)
+        if not with_image_logits:
+            return logits
+        return logits, self.image_logits(image_map) if self.image_head is not None else None
+
+    def _fuse(
+        self,
+        image_map: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        has_text: torch.Tensor,
+        batch_size: int,
+    ) -> torch.Tensor:
+        device = has_text.device
         if self.training and self.config.modality_dropout > 0:
             has_text = has_text & (
                 torch.rand(batch_size, device=device) >= self.config.modality_dropout

@@ -97,6 +97,10 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+# Bound on a frozen encoder's remembered features during training (see remember_features).
+FEATURE_CACHE_BYTES = 256 * 2**20
+
+
 class TextEncoder(nn.Module):
     """A Hugging Face model plus tokenizer, returning pooled and per-token features."""
 
@@ -119,6 +123,7 @@ class TextEncoder(nn.Module):
         self.max_length = max_length
         self.adaptation = "full"
         self.dim = _hidden_size(self.hf_config)
+        self._features: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def adapt(self, adaptation: str, lora_rank: int, lora_dropout: float) -> None:
         """Freeze the model, leave it fully trainable, or wrap it with LoRA adapters."""
@@ -173,14 +178,58 @@ class TextEncoder(nn.Module):
             mask[empty, 0 if self.tokenizer.padding_side == "right" else -1] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
+    def remember_features(self, max_bytes: int = FEATURE_CACHE_BYTES) -> None:
+        """Keep a frozen encoder's features of each text it encodes, up to `max_bytes`.
+
+        Training calls this: every epoch shows the same texts again, and a frozen model gives
+        them the same features, so later epochs skip the language model for texts it has seen.
+        Texts past the bound are encoded every time. No effect unless the encoder is frozen.
+        """
+        self._features = {}
+        self._feature_bytes, self._max_feature_bytes = 0, max_bytes
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled [B, D] and per-token [B, L, D] features."""
+        if self.adaptation == "frozen" and self._features is not None:
+            return self._remembered(input_ids, attention_mask)
+        return self._encode(input_ids, attention_mask)
+
+    def _encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.adaptation != "frozen"):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         tokens = out.last_hidden_state.float()
         return POOLINGS[self.pooling](tokens, attention_mask), tokens
+
+    @torch.no_grad()
+    def _remembered(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # A text is its attended token ids: padding depends on the batch, features do not.
+        real = attention_mask.bool()
+        keys = [tuple(ids[m].tolist()) for ids, m in zip(input_ids.cpu(), real.cpu(), strict=True)]
+        found = {k: self._features[k] for k in keys if k in self._features}
+        new = [i for i, k in enumerate(keys) if k not in found]
+        if new:
+            rows = torch.tensor(new, device=input_ids.device)
+            pooled, tokens = self._encode(input_ids[rows], attention_mask[rows])
+            for j, i in enumerate(new):
+                found[keys[i]] = (pooled[j], tokens[j][real[i]])
+                self._remember(keys[i], found[keys[i]])
+        pooled = torch.stack([found[k][0] for k in keys])
+        tokens = pooled.new_zeros(*input_ids.shape, pooled.shape[1])
+        for i, k in enumerate(keys):
+            tokens[i][real[i]] = found[k][1]
+        return pooled, tokens
+
+    def _remember(self, key: tuple[int, ...], features: tuple[torch.Tensor, torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in features)
+        if key not in self._features and self._feature_bytes + size <= self._max_feature_bytes:
+            self._features[key] = features
+            self._feature_bytes += size
 
     def plain_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights with LoRA merged in, under the plain Hugging Face parameter names."""

@@ -122,6 +122,8 @@ def _setup(config: dict[str, Any]) -> _Run | None:
         if state.get("nonfinite"):  # a rerun, perhaps with a lower lr, tries again from here
             state.update(stopped=False, nonfinite=None)
         log(rank, "resuming after epoch %d from %s", state["epoch"] + 1, checkpoint.path)
+    if model.text is not None:
+        model.text.remember_features()  # a frozen encoder's features repeat every epoch
     start = state["epoch"] + 1
     if start >= t.epochs or state["stopped"]:
         log(rank, "run already finished at epoch %d; nothing to train", start)
@@ -172,8 +174,11 @@ def _train_epoch(run: _Run, shard, epoch: int) -> dict[str, Any]:
         no_sync = run.ddp_model.no_sync() if run.world > 1 and not sync else nullcontext()
         with no_sync:
             with run.autocast:
-                logits = run.ddp_model(pixels, **inputs)
+                logits, image_logits = run.ddp_model(pixels, **inputs, with_image_logits=True)
             loss = run.criterion(logits.float(), labels)
+            if image_logits is not None:  # model.image_loss_weight > 0
+                weight = model.config.image_loss_weight
+                loss = loss + weight * run.criterion(image_logits.float(), labels)
             (loss / t.grad_accum_steps).backward()
         finite = torch.isfinite(loss.detach()).double()
         sums[0] += torch.nan_to_num(loss.detach().double()) * finite * len(labels)
@@ -221,8 +226,9 @@ def _step(run: _Run, loss: torch.Tensor) -> bool:
 def _nonfinite_message(epoch: int, step: int, loss: torch.Tensor, t: TrainConfig) -> str:
     return (
         f"non-finite loss or gradients in epoch {epoch + 1}, step {step} (loss on this worker "
-        f"{float(loss):.4g}); the step was not applied. Lower train.lr (now {t.lr:g}), keep "
-        "train.grad_clip > 0, or set train.on_nonfinite=skip to skip such steps and count them"
+        f"{float(loss):.4g}); the step was not applied. Lower train.lr (now {t.lr:g}), "
+        f"clip gradients (train.grad_clip=1.0; now {t.grad_clip:g}), or set "
+        "train.on_nonfinite=skip to skip such steps and count them"
     )
 
 
