@@ -21,6 +21,7 @@ from pathlib import Path
 
 from raycls.config import load_config
 from raycls.demo.datasets import make_dataset
+from raycls.demo.quickstart import QUICKSTART_CONFIG
 from raycls.fewlabel.commands import format_rounds
 from raycls.fewlabel.selftrain import SelfTrainSettings, self_train
 from raycls.train.evaluation import evaluate
@@ -57,14 +58,15 @@ def main() -> None:
         make_dataset(args.kind, data, seed=0, overwrite=True)
         split_labeled(data / "train", work / "labeled", work / "pool", args.labels)
     text = "none" if args.fusion == "image_only" else "sentence-transformers/all-MiniLM-L6-v2"
-    config = load_config(
-        None,
-        model={"fusion": args.fusion, "text_encoder": text, "image_size": 32 if args.kind ==
-               "digits" else 64, "hidden_dim": 128},
-        data={"flip": args.kind != "digits"},
-        train={"epochs": args.epochs, "batch_size": 32, "lr": 2e-3, "patience": args.epochs},
-        classify={"classify_actors": 2, "shard_size": 200, "top_k": 3},
-    )  # fmt: skip
+    train = {"epochs": args.epochs, "batch_size": 32, "lr": 2e-3, "patience": args.epochs}
+    classify = {"classify_actors": 2, "shard_size": 200, "top_k": 3}
+    if args.kind == "shapes":  # the quick start's recipe (48 px, quarter turns, image head)
+        config = load_config(QUICKSTART_CONFIG, model={"fusion": args.fusion,
+                             "text_encoder": text}, train=train, classify=classify)  # fmt: skip
+    else:
+        config = load_config(None, model={"fusion": args.fusion, "text_encoder": text,
+                             "image_size": 32, "hidden_dim": 128}, data={"flip": False},
+                             train=train, classify=classify)  # fmt: skip
     settings = SelfTrainSettings(args.rounds, args.threshold, args.quota)
     started = time.perf_counter()
     result = self_train(config, str(work / "labeled"), str(work / "pool"), str(work / "run"),

@@ -21,7 +21,7 @@ FUSIONS = ("concat", "gated", "film", "cross_attention", "image_only", "text_onl
 POOLINGS = ("mean", "cls", "last")
 TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
-CROPS = ("auto", "shift", "resized")
+CROPS = ("auto", "shift", "resized", "none")
 ON_NONFINITE = ("stop", "skip")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
@@ -119,7 +119,8 @@ class DataConfig:
     # Training crops: "shift" resizes as evaluation does and moves the image by up to 1/8 of
     # its side (reflect-padded), for images near model.image_size; "resized" takes a random
     # 70-100% area crop, for images much larger than it; "auto" picks "shift" when the median
-    # image side is under twice model.image_size (bench/bench_train.py compares them).
+    # image side is under twice model.image_size (bench/bench_train.py compares them);
+    # "none" resizes as evaluation does (flips and turns still apply).
     crop: str = "auto"
     # Horizontal flips in augmentation; turn off where mirror images change the class (digits).
     flip: bool = True

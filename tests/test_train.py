@@ -337,6 +337,10 @@ def test_shift_augmentation_moves_and_flips_without_rescaling():
     assert set(np.unique(steps)) <= {0.0, 1.0}
     same = shift_and_flip(pixels, np.random.default_rng(0), flip=False)
     assert not np.array_equal(same, pixels) or not np.array_equal(out, pixels)
+    # data.crop=none: flips only, every image whole and in place
+    flipped = shift_and_flip(pixels, np.random.default_rng(0), shift=False)
+    assert all(np.array_equal(o, p) or np.array_equal(o, p[:, :, ::-1])
+               for o, p in zip(flipped, pixels, strict=True))  # fmt: skip
 
 
 def test_quarter_turns_keep_every_pixel_and_reach_all_four_orientations():

@@ -223,8 +223,9 @@ def _prepare_batch(
     """Decode (and for training augment), drop unreadable or unlabelled rows, index labels."""
     resized = train and crop == "resized"
     out = decode_batch(batch, size=size, max_pixels=max_pixels, train=resized, flip=flip)
-    if train and crop == "shift":
-        out["pixels"] = shift_and_flip(out["pixels"], np.random.default_rng(), flip=flip)
+    if train and crop in ("shift", "none"):
+        rng = np.random.default_rng()
+        out["pixels"] = shift_and_flip(out["pixels"], rng, flip=flip, shift=crop == "shift")
     if train and rotate90:
         out["pixels"] = rotate_by_quarters(out["pixels"], np.random.default_rng())
     labels = np.array([classes.get(lab, -1) if lab is not None else -1 for lab in out["label"]])
@@ -248,12 +249,14 @@ def rotate_by_quarters(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return np.stack([np.rot90(p, k, axes=(1, 2)) for p, k in zip(pixels, turns, strict=True)])
 
 
-def shift_and_flip(pixels: np.ndarray, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+def shift_and_flip(
+    pixels: np.ndarray, rng: np.random.Generator, flip: bool = True, shift: bool = True
+) -> np.ndarray:
     """Move each [3, S, S] image by up to S/8 pixels each way (edges reflected) and flip half
     of them horizontally: the pad-and-crop augmentation of small-image recipes (CIFAR's 4 px
     at 32), which keeps every pixel's scale where a random-area crop would zoom in."""
     n, _, size, _ = pixels.shape
-    pad = max(1, size // 8)
+    pad = max(1, size // 8) if shift else 0
     padded = np.pad(pixels, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
     out = np.empty_like(pixels)
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
