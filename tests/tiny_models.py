@@ -161,6 +161,17 @@ def _image_processor(cls_name: str, image_size: int, crop: bool):
     return cls(size={"height": image_size, "width": image_size})
 
 
+def _bert_text_tower(path: Path, max_positions: int) -> dict:
+    """make_tiny_bert's tokenizer in `path` (its model removed) and a text-tower config for it."""
+    make_tiny_bert(path)
+    (path / "model.safetensors").unlink()
+    (path / "config.json").unlink()
+    vocab = len((path / "vocab.txt").read_text().split())
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "vocab_size": vocab, "max_position_embeddings": max_positions,
+            "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}  # fmt: skip
+
+
 def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> str:
     """A 2-layer CLIP (hidden 32) with a CLIP image processor and make_tiny_bert's tokenizer.
 
@@ -169,13 +180,7 @@ def make_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> str
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     path = Path(path)
-    make_tiny_bert(path)
-    (path / "model.safetensors").unlink()
-    (path / "config.json").unlink()
-    vocab = len((path / "vocab.txt").read_text().split())
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "vocab_size": vocab, "max_position_embeddings": 64,
-            "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}  # fmt: skip
+    text = _bert_text_tower(path, max_positions=64)
     config = CLIPConfig(text_config=text, vision_config=_tiny_vision(image_size), projection_dim=16)
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(path)
@@ -192,13 +197,7 @@ def make_tiny_siglip(path: str | Path, image_size: int = 32, seed: int = 0) -> s
     from transformers import SiglipConfig, SiglipModel
 
     path = Path(path)
-    make_tiny_bert(path)
-    (path / "model.safetensors").unlink()
-    (path / "config.json").unlink()
-    vocab = len((path / "vocab.txt").read_text().split())
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "vocab_size": vocab, "max_position_embeddings": 16,
-            "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}  # fmt: skip
+    text = _bert_text_tower(path, max_positions=16)
     config = SiglipConfig(text_config=text, vision_config=_tiny_vision(image_size))
     torch.manual_seed(seed)
     SiglipModel(config).save_pretrained(path)
