@@ -222,7 +222,9 @@ class ClassifyConfig:
     cpus_per_caption_actor: float = 1.0
     gpus_per_classify_actor: float = 0.0
     gpus_per_caption_actor: float = 0.0
-    shard_size: int = 1000  # input rows per output Parquet file
+    # Input rows per output Parquet file, at most: a small input is cut into more, smaller
+    # shards (raycls.bulk.pipeline.MIN_SHARDS) so that it still reaches several actors.
+    shard_size: int = 1000
     max_pixels: int = DEFAULT_MAX_PIXELS
     trust_remote_code: bool = False
     # Images reach the captioner as RGB squares of this side (its processor resizes further).

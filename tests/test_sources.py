@@ -256,3 +256,25 @@ def test_file_uri(folder):
     assert rows[0]["key"] == f"{uri}/cat/0.png" and rows[0]["label"] == "cat"
     assert rows[0]["text"] == "a cat" and rows[0]["image"] == png()
     assert load_labeled(uri)[1] == ["cat", "dog"]
+
+
+def test_small_inputs_are_spread_over_several_shards(tmp_path):
+    """A small folder or Parquet input gets min_shards shards of >= 64 rows; a large one and a
+    small shard_size keep theirs."""
+    from raycls.io.inputs import MIN_SHARD_ROWS, spread_shard_size
+
+    assert spread_shard_size(1000, 1000, 16) == MIN_SHARD_ROWS == 64
+    assert spread_shard_size(20_000, 1000, 16) == 1000
+    assert spread_shard_size(1000, 5, 16) == 5
+    assert spread_shard_size(1000, 1000, 1) == 1000
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(300):
+        (root / f"{i:03d}.jpg").write_bytes(b"x")
+    assert [s.num_rows for s in plan_shards(str(root), 1000, min_shards=16)] == [64] * 4 + [44]
+    assert [s.num_rows for s in plan_shards(str(root), 1000)] == [300]
+    table = pa.table({"image": [b"x"] * 300})
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=50)
+    shards = plan_shards(str(tmp_path / "x.parquet"), 1000, min_shards=4)
+    assert [s.num_rows for s in shards] == [50, 50, 50, 50, 50, 50]  # whole row groups of 50
+    assert len(plan_shards(str(tmp_path / "x.parquet"), 1000)) == 1

@@ -92,7 +92,8 @@ MODEL_HELP = (
     "--shard-size",
     key="classify.shard_size",
     type=click.IntRange(min=1),
-    help="Input rows per output Parquet file.",
+    help="Input rows per output Parquet file, at most (a small input is cut into 16 shards of "
+    ">= 64 rows, to reach several actors).",
 )
 @click.option("--overwrite", is_flag=True, help="Delete results of a different earlier run.")
 @click.option(

@@ -31,6 +31,12 @@ from raycls.models.predictor import ModelSpec, model_identity
 
 logger = logging.getLogger(__name__)
 
+# A small input is cut into at least this many shards (of 64 rows or more), so that it spreads
+# over the actors of a many-core machine: a shard is read, decoded and classified by one
+# actor. With shard_size 1,000 alone, 1,000 images were one shard and kept one of two actors
+# busy. Fixed, not read from the cluster: the plan (and so a resume) depends on the input only.
+MIN_SHARDS = 16
+
 # Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.
 IDENTITY_SETTINGS = ("shard_size", "captioner", "caption_prompt", "max_new_tokens",
                      "caption_image_size", "text_column", "image_column", "id_column", "top_k",
@@ -65,7 +71,9 @@ def classify(
         raise ValueError("--retry-errors keeps the results of OUT_DIR; drop --overwrite")
     started = time.perf_counter()
     spec = model_spec(model_dir, config)  # a wrong model or labels fail before Ray starts
-    shards = plan_shards(input, config.shard_size, text_column=config.text_column)
+    shards = plan_shards(
+        input, config.shard_size, text_column=config.text_column, min_shards=MIN_SHARDS
+    )
     check_parquet_columns(shards, image_column=config.image_column, id_column=config.id_column)
     out = OutputDir(out_dir)
     manifest = _manifest(input, spec, shards, config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import posixpath
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ LIST_EXTENSIONS = (".txt", ".lst")
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 TAR_EXTENSIONS = (".tar",)
 METADATA_FILE = "metadata.parquet"
+# The smallest shard `min_shards` cuts a small input into: about one classify batch.
+MIN_SHARD_ROWS = 64
 LOOKED_FOR = (
     f"a folder of images ({' '.join(IMAGE_EXTENSIONS)}), a .txt/.lst list of image paths, "
     "a Parquet file or folder, or a WebDataset .tar file or folder"
@@ -58,13 +61,19 @@ def require_input(source: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
 
 
 def plan_shards(
-    source: str, shard_size: int = 1000, *, text_column: str | None = "text"
+    source: str,
+    shard_size: int = 1000,
+    *,
+    text_column: str | None = "text",
+    min_shards: int = 1,
 ) -> list[Shard]:
     """List `source` and group its rows into shards of about `shard_size` rows, in sorted order.
 
     A folder with images is read as images (a `metadata.parquet` at its root adds text by
     relative `path`); otherwise its Parquet or .tar files. Parquet shards are whole row groups;
-    a tar file is one shard. Names starting with "." are skipped.
+    a tar file is one shard. Names starting with "." are skipped. With `min_shards`, a small
+    input is cut into that many shards of at least MIN_SHARD_ROWS rows (`spread_shard_size`),
+    so that it still reaches several actors; the plan depends on the input alone.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size} must be >= 1")
@@ -73,9 +82,10 @@ def plan_shards(
     if info.type == pafs.FileType.File:
         ext = _ext(base)
         if ext in LIST_EXTENSIONS:
-            return _file_shards(_read_list(fs, base, prefix + base), None, shard_size)
+            paths = _read_list(fs, base, prefix + base)
+            return _file_shards(paths, None, spread_shard_size(len(paths), shard_size, min_shards))
         if ext in PARQUET_EXTENSIONS:
-            return _parquet_shards(fs, [base], prefix, shard_size)
+            return _parquet_shards(fs, [base], prefix, shard_size, min_shards)
         if ext in TAR_EXTENSIONS:
             return [Shard(0, "tar", (prefix + base,))]
         if ext in IMAGE_EXTENSIONS:
@@ -86,14 +96,15 @@ def plan_shards(
     found = _list_folder(fs, base)
     if found["image"]:
         texts = _metadata_texts(fs, base, found["image"], text_column)
-        return _file_shards([prefix + p for p in found["image"]], texts, shard_size)
+        size = spread_shard_size(len(found["image"]), shard_size, min_shards)
+        return _file_shards([prefix + p for p in found["image"]], texts, size)
     if found["parquet"] and found["tar"]:
         raise ValueError(
             f"folder {source!r} holds both Parquet and .tar files and no images; point the input "
             "at one kind (a sub-folder or a single file)"
         )
     if found["parquet"]:
-        return _parquet_shards(fs, found["parquet"], prefix, shard_size)
+        return _parquet_shards(fs, found["parquet"], prefix, shard_size, min_shards)
     if found["tar"]:
         return [Shard(i, "tar", (prefix + p,)) for i, p in enumerate(found["tar"])]
     raise ValueError(f"no input files found under {source!r}; expected {LOOKED_FOR}")
@@ -215,6 +226,13 @@ def _read_list(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
     return [resolve_ref(entry, uri) for entry in entries]
 
 
+def spread_shard_size(rows: int, shard_size: int, min_shards: int) -> int:
+    """Rows per shard for `rows` rows: `shard_size`, or less so that there are `min_shards`
+    shards, but never below MIN_SHARD_ROWS (nor above what the user asked for)."""
+    spread = max(MIN_SHARD_ROWS, math.ceil(rows / max(1, min_shards)))
+    return max(1, min(shard_size, spread))
+
+
 def _file_shards(paths: list[str], texts: list | None, shard_size: int) -> list[Shard]:
     return [
         Shard(
@@ -256,19 +274,24 @@ def _as_strings(table: pa.Table, column: str) -> list[str | None]:
 
 
 def _parquet_shards(
-    fs: pafs.FileSystem, paths: list[str], prefix: str, shard_size: int
+    fs: pafs.FileSystem, paths: list[str], prefix: str, shard_size: int, min_shards: int = 1
 ) -> list[Shard]:
     shards: list[Shard] = []
 
     def emit(uri: str, groups: list[int], rows: int) -> None:
         shards.append(Shard(len(shards), "parquet", (uri,), tuple(groups), rows))
 
+    metas = []
     for path in paths:
-        uri = prefix + path
         try:
-            meta = pq.read_metadata(path, filesystem=fs)
+            metas.append(pq.read_metadata(path, filesystem=fs))
         except Exception as e:
+            uri = prefix + path
             raise ValueError(f"cannot read Parquet file {uri}: {type(e).__name__}: {e}") from e
+    total = sum(meta.num_rows for meta in metas)
+    target = spread_shard_size(total, shard_size, min_shards)
+    for path, meta in zip(paths, metas, strict=True):
+        uri = prefix + path
         groups, rows = [], 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
@@ -281,7 +304,7 @@ def _parquet_shards(
                     n,
                     shard_size,
                 )
-            if groups and rows + n > shard_size:
+            if groups and rows + n > target:
                 emit(uri, groups, rows)
                 groups, rows = [], 0
             groups.append(g)
