@@ -146,9 +146,10 @@ class TrainConfig:
     """Optimisation and distribution settings for `raycls train`."""
 
     epochs: int = 5
-    # Batch, lr, decay and warm-up follow the common AdamW + one-cycle recipe for small
-    # images (batch 64, lr 2e-3, decay 0.05, 10% warm-up then cosine); bench/bench_train.py
-    # compares raycls with a plain PyTorch loop that uses it.
+    # Batch, lr, decay and schedule follow the common AdamW + one-cycle recipe for small
+    # images (batch 64, lr 2e-3, decay 0.05, torch's OneCycleLR shape with 30% warm-up:
+    # raycls.train.schedule.one_cycle); bench/bench_train.py compares raycls with a plain
+    # PyTorch loop that uses it.
     batch_size: int = 64
     lr: float = 2e-3
     # Pretrained encoders (CNN with weights, text encoder) train at lr * encoder_lr_scale.
@@ -156,7 +157,7 @@ class TrainConfig:
     # The pretrained encoders stay fixed for this many first epochs (linear probing first).
     freeze_encoder_epochs: int = 0
     weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = 0.3
     label_smoothing: float = 0.1
     # Gradient-norm clipping, 0 for none. Off by default, as in torchvision's recipes: a
     # from-scratch CNN's gradient norm runs at 4-7 here, and clipping it at 1.0 every step cost

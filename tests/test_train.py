@@ -18,7 +18,7 @@ from raycls.config import load_config
 from raycls.demo.datasets import make_dataset
 from raycls.io.shards import Shard
 from raycls.train.data import _mix_shards, split_is_val
-from raycls.train.schedule import warmup_cosine
+from raycls.train.schedule import one_cycle
 from raycls.train.trainer import fit
 
 
@@ -66,11 +66,24 @@ def test_mix_shards_keeps_every_file_with_its_text():
     assert [s.index for s in shuffled] == list(range(20))
 
 
-def test_warmup_then_cosine():
-    factor = warmup_cosine(total=100, warmup=10)
-    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
-    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5)
-    assert factor(99) < 0.01 and factor(150) == 0.0
+def test_one_cycle_follows_torchs_one_cycle_lr():
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    torch_lr = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=2.0, total_steps=100, pct_start=0.3, cycle_momentum=False
+    )
+    expected = []
+    for _ in range(100):
+        expected.append(optimizer.param_groups[0]["lr"] / 2.0)
+        optimizer.step()
+        torch_lr.step()
+    factor = one_cycle(total=100, warmup=30)
+    assert [factor(s) for s in range(100)] == pytest.approx(expected, rel=1e-6)
+    no_warmup = one_cycle(total=100, warmup=0)
+    assert no_warmup(0) == pytest.approx(1.0) and no_warmup(99) == pytest.approx(1 / 25e4)
+    assert no_warmup(150) == pytest.approx(1 / 25e4)
 
 
 # Integration tests: one local Ray for the session.
