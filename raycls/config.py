@@ -127,6 +127,12 @@ class DataConfig:
     # Also turn training images by a random multiple of 90 degrees (with `flip`: all eight
     # orientations), for images with no up or down: drawn shapes, aerial photos, microscopy.
     rotate90: bool = False
+    # Parquet training data only: a column of per-row loss weights (finite, >= 0; null counts
+    # 1.0) that multiply each row's loss, and a column of flags (true: a stronger,
+    # RandAugment augmentation on top of the usual one). Self-training sets both for its
+    # pseudo-labelled rows. Validation stays unweighted and unaugmented.
+    weight_column: str | None = None
+    strong_augment_column: str | None = None
     # A run stops with an error when more than this fraction of images cannot be decoded.
     max_bad_fraction: float = 0.05
     max_pixels: int = DEFAULT_MAX_PIXELS
