@@ -27,9 +27,16 @@ def strong_augment(pixels: np.ndarray, flags: np.ndarray, rng: np.random.Generat
     images = np.clip(np.rint((pixels[flags] * std + mean) * 255), 0, 255).astype(np.uint8)
     augment = v2.RandAugment(num_ops=STRONG_OPS, magnitude=STRONG_MAGNITUDE)
     # RandAugment draws from torch's global generator: seed it from `rng`, then restore it.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2**63)))
-        done = np.stack([augment(torch.from_numpy(image)).numpy() for image in images])
+    # One small image is too little work to share: several torch threads only wait on each
+    # other (Ray Data tasks run with one; a process with more borrows one meanwhile).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**63)))
+            done = np.stack([augment(torch.from_numpy(image)).numpy() for image in images])
+    finally:
+        torch.set_num_threads(threads)
     out = pixels.copy()
     out[flags] = (done.astype(np.float32) / 255 - mean) / std
     return out
