@@ -30,8 +30,9 @@ def read_weights(
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        row = rows[i] if rows else i
         raise ValueError(
-            f"weight column {name!r} of {uri} holds {float(values[i])!r} in row {rows[i] if rows else i} "
+            f"weight column {name!r} of {uri} holds {float(values[i])!r} in row {row} "
             f"({int(bad.sum())} bad value(s)); loss weights must be finite and >= 0 "
             "(null counts 1.0)"
         )
