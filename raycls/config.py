@@ -23,6 +23,8 @@ TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 CROPS = ("auto", "shift", "resized", "none")
 ON_NONFINITE = ("stop", "skip")
+# How `raycls self-train` augments pseudo-labelled rows (raycls.fewlabel.selftrain).
+PSEUDO_AUGMENTS = ("strong", "same")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 # config.json's "format" in a model directory written by `raycls train`.
