@@ -55,6 +55,7 @@ class SelfTrainSettings:
     threshold: float = 0.9
     per_class_quota: int | None = None  # at most this many pseudo-labels per class and round
     # Loss weight of pseudo-labelled rows (labelled rows: 1.0); see raycls.train.losses.
+    # Both defaults measured best on digits (bench/bench_selftrain.py; README, Self-training).
     pseudo_weight: float = 1.0
     # "strong": pseudo-labelled rows also get RandAugment (raycls.train.augment), as the
     # student in Noisy Student does; "same": the labelled rows' augmentation.
