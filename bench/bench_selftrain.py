@@ -7,7 +7,8 @@ model; they only score the pseudo-labels). Round 0 trains on the labelled images
 of the best round's, and ends with one JSON line of all figures.
 
     .venv/bin/python bench/bench_selftrain.py [--labels 10] [--rounds 3] [--epochs 15]
-        [--kind digits|shapes] [--fusion image_only]
+        [--kind digits|shapes] [--fusion image_only] [--pseudo-weight 0.5]
+        [--pseudo-augment strong|same]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from raycls.config import load_config
+from raycls.config import PSEUDO_AUGMENTS, load_config
 from raycls.demo.datasets import make_dataset
 from raycls.demo.quickstart import QUICKSTART_CONFIG
 from raycls.fewlabel.commands import format_rounds
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--quota", type=int, default=None)
     parser.add_argument("--fusion", default="image_only")
+    parser.add_argument("--pseudo-weight", type=float, default=None, help="default: settings'")
+    parser.add_argument("--pseudo-augment", choices=PSEUDO_AUGMENTS, default=None)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -67,7 +70,9 @@ def main() -> None:
         config = load_config(None, model={"fusion": args.fusion, "text_encoder": text,
                              "image_size": 32, "hidden_dim": 128}, data={"flip": False},
                              train=train, classify=classify)  # fmt: skip
-    settings = SelfTrainSettings(args.rounds, args.threshold, args.quota)
+    given = {"pseudo_weight": args.pseudo_weight, "pseudo_augment": args.pseudo_augment}
+    settings = SelfTrainSettings(args.rounds, args.threshold, args.quota,
+                                 **{k: v for k, v in given.items() if v is not None})  # fmt: skip
     started = time.perf_counter()
     result = self_train(config, str(work / "labeled"), str(work / "pool"), str(work / "run"),
                         val=str(data / "val"), settings=settings, echo=print)  # fmt: skip
@@ -80,6 +85,7 @@ def main() -> None:
           f" {best:.4f}; gain {100 * (best - round0):+.1f} points; {elapsed:.0f}s")  # fmt: skip
     figures = {
         "kind": args.kind, "fusion": args.fusion, "labels_per_class": args.labels,
+        "pseudo_weight": settings.pseudo_weight, "pseudo_augment": settings.pseudo_augment,
         "rounds": result["rounds"], "best_round": result["best_round"],
         "test_accuracy_labelled_only": round(round0, 4), "test_accuracy_self_trained":
         round(best, 4), "gain_points": round(100 * (best - round0), 2), "elapsed_s": round(elapsed),

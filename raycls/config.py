@@ -23,6 +23,8 @@ TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 CROPS = ("auto", "shift", "resized", "none")
 ON_NONFINITE = ("stop", "skip")
+# How `raycls self-train` augments pseudo-labelled rows (raycls.fewlabel.selftrain).
+PSEUDO_AUGMENTS = ("strong", "same")
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 # config.json's "format" in a model directory written by `raycls train`.
@@ -127,6 +129,12 @@ class DataConfig:
     # Also turn training images by a random multiple of 90 degrees (with `flip`: all eight
     # orientations), for images with no up or down: drawn shapes, aerial photos, microscopy.
     rotate90: bool = False
+    # Parquet training data only: a column of per-row loss weights (finite, >= 0; null counts
+    # 1.0) that multiply each row's loss, and a column of flags (true: a stronger,
+    # RandAugment augmentation on top of the usual one). Self-training sets both for its
+    # pseudo-labelled rows. Validation stays unweighted and unaugmented.
+    weight_column: str | None = None
+    strong_augment_column: str | None = None
     # A run stops with an error when more than this fraction of images cannot be decoded.
     max_bad_fraction: float = 0.05
     max_pixels: int = DEFAULT_MAX_PIXELS

@@ -131,3 +131,19 @@ def test_a_setting_flag_with_a_default_is_refused():
         SettingOption(["--epochs"], key="train.epochs", default=5)
     with pytest.raises(ValueError, match="section.name"):
         SettingOption(["--epochs"], key="epochs")
+
+
+def test_self_train_pseudo_flags_reach_the_settings_only_when_given(monkeypatch, tmp_path):
+    from raycls.fewlabel.selftrain import SelfTrainSettings
+
+    result = {"rounds": [], "best_round": 0, "model_dir": "m"}
+    calls = _capture(monkeypatch, "raycls.fewlabel.selftrain", "self_train", result)
+    args = ["self-train", "lab", "--unlabeled", "pool", "--out", str(tmp_path / "o")]
+    _invoke([*args, "--pseudo-weight", "0.5", "--pseudo-augment", "strong", "--rounds", "2"])
+    _invoke(args)
+    assert calls[0][1]["settings"] == SelfTrainSettings(
+        rounds=2, pseudo_weight=0.5, pseudo_augment="strong"
+    )
+    assert calls[1][1]["settings"] == SelfTrainSettings()
+    for bad in (["--pseudo-weight", "0"], ["--pseudo-weight", "1.5"], ["--pseudo-augment", "x"]):
+        assert CliRunner().invoke(cli, [*args, *bad]).exit_code == 2

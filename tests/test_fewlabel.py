@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_images
 
 from raycls.bulk.output import result_schema
 from raycls.config import load_config
@@ -89,6 +91,38 @@ def test_pseudo_labels_threshold_and_per_class_quota(tmp_path):
         SelfTrainSettings(threshold=1.5)
 
 
+def test_pseudo_settings_are_checked_and_part_of_the_run_identity(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"pseudo_weight=0.0 must be in \(0, 1\]"):
+        SelfTrainSettings(pseudo_weight=0.0)
+    with pytest.raises(ValueError, match="pseudo_augment='heavy'.*strong, same"):
+        SelfTrainSettings(pseudo_augment="heavy")
+    for name in ("labeled/cat", "labeled/dog", "pool"):
+        write_images(tmp_path / name, 2)
+    config = load_config(None)
+    old = SelfTrainSettings(pseudo_weight=1.0)
+    args = (str(tmp_path / "labeled"), str(tmp_path / "pool"), str(tmp_path / "st"))
+    identity = {"config": config.to_dict(), "settings": asdict(old), "labeled": args[0],
+                "unlabeled": args[1], "val": None}  # fmt: skip
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "rounds.json").write_text(json.dumps({"identity": identity, "rounds": []}))
+
+    class Started(Exception):
+        pass
+
+    def init_ray(*a, **k):
+        raise Started
+
+    monkeypatch.setattr("raycls.cluster.runtime.init_ray", init_ray)
+    with pytest.raises(Started):  # same settings: resumes
+        self_train(config, *args, settings=old)
+    for changed in ({"pseudo_weight": 0.5}, {"pseudo_augment": "strong"}):
+        with pytest.raises(ValueError, match="other settings or data"):
+            self_train(config, *args, settings=SelfTrainSettings(**changed))
+    weighted = load_config(None, data={"weight_column": "w"})
+    with pytest.raises(ValueError, match="self-train sets data.weight_column itself"):
+        self_train(weighted, *args, settings=old)
+
+
 @pytest.mark.integration
 def test_self_train_stopped_in_round_2_resumes_there(tmp_path, ray_local):
     make_dataset("digits", tmp_path / "d", per_class=8, size=16)
@@ -105,7 +139,9 @@ def test_self_train_stopped_in_round_2_resumes_there(tmp_path, ray_local):
         train={"epochs": 1, "batch_size": 16, "warmup_fraction": 0.0, "keep_checkpoints": 1},
         classify={"shard_size": 20, "top_k": 2},
     )
-    settings = SelfTrainSettings(rounds=2, threshold=0.0, per_class_quota=2)
+    settings = SelfTrainSettings(
+        rounds=2, threshold=0.0, per_class_quota=2, pseudo_weight=0.5, pseudo_augment="strong"
+    )
     args = (config, str(labeled), str(pool), str(tmp_path / "st"))
     kwargs = {"val": str(tmp_path / "d" / "val"), "settings": settings}
 
@@ -132,5 +168,12 @@ def test_self_train_stopped_in_round_2_resumes_there(tmp_path, ray_local):
     assert last["pseudo_labels"] == sum(last["per_class"].values()) > 0
     assert max(last["per_class"].values()) <= 2
     assert 0.0 <= last["pseudo_precision"] <= 1.0  # the pool is laid out by class
+    # round 2 trained on labelled rows (weight 1, usual augmentation) + pseudo-labelled rows
+    rows = pq.read_table(tmp_path / "st" / "rounds" / "02" / "train").to_pylist()
+    pseudo = [r for r in rows if r["key"].startswith(str(pool))]
+    assert len(pseudo) == last["pseudo_labels"] and len(rows) > len(pseudo)
+    assert all((r["weight"], r["strong_augment"]) == (0.5, True) for r in pseudo)
+    assert all((r["weight"], r["strong_augment"]) == (1.0, False) for r in rows
+               if not r["key"].startswith(str(pool)))  # fmt: skip
     assert (tmp_path / "st" / "model" / "config.json").is_file()
     assert not (tmp_path / "st" / "model" / "ray_train").exists()

@@ -340,7 +340,7 @@ def test_crops_shift_images_near_the_training_size_and_zoom_into_large_ones():
 
 
 def test_shift_augmentation_moves_and_flips_without_rescaling():
-    from raycls.train.data import shift_and_flip
+    from raycls.train.augment import shift_and_flip
 
     pixels = np.arange(2 * 3 * 16 * 16, dtype=np.float32).reshape(2, 3, 16, 16)
     out = shift_and_flip(pixels, np.random.default_rng(0))
@@ -357,7 +357,7 @@ def test_shift_augmentation_moves_and_flips_without_rescaling():
 
 
 def test_quarter_turns_keep_every_pixel_and_reach_all_four_orientations():
-    from raycls.train.data import rotate_by_quarters
+    from raycls.train.augment import rotate_by_quarters
 
     image = np.arange(3 * 5 * 5, dtype=np.float32).reshape(3, 5, 5)
     out = rotate_by_quarters(np.stack([image] * 64), np.random.default_rng(0))

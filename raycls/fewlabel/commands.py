@@ -7,6 +7,7 @@ import json
 import click
 
 from raycls.cli_common import SettingOption, fail, load_settings
+from raycls.config import PSEUDO_AUGMENTS
 from raycls.train.commands import train_cmd
 
 # Every setting flag of `raycls train`, --config, --address and the overrides apply to each
@@ -37,6 +38,20 @@ _SHARED = [
     default=None,
     help="At most this many pseudo-labels per class and round (highest scores first).",
 )
+@click.option(
+    "--pseudo-weight",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Loss weight of pseudo-labelled rows, in (0, 1]; labelled rows weigh 1.0. "
+    "Default: SelfTrainSettings' (README, Self-training).",
+)
+@click.option(
+    "--pseudo-augment",
+    type=click.Choice(PSEUDO_AUGMENTS),
+    default=None,
+    help="strong: RandAugment on pseudo-labelled rows, on top of the usual augmentation, "
+    "as in Noisy Student; same: the usual one. Default: SelfTrainSettings' (README).",
+)
 def self_train_cmd(
     labeled: str,
     unlabeled: str,
@@ -45,6 +60,8 @@ def self_train_cmd(
     rounds: int,
     threshold: float,
     per_class_quota: int | None,
+    pseudo_weight: float | None,
+    pseudo_augment: str | None,
     config_file: str | None,
     address: str | None,
     overrides: tuple[str, ...],
@@ -60,7 +77,10 @@ def self_train_cmd(
 
     try:
         config = load_settings(config_file, overrides)
-        settings = SelfTrainSettings(rounds, threshold, per_class_quota)
+        given = {"pseudo_weight": pseudo_weight, "pseudo_augment": pseudo_augment}
+        settings = SelfTrainSettings(
+            rounds, threshold, per_class_quota, **{k: v for k, v in given.items() if v is not None}
+        )
         result = self_train(
             config, labeled, unlabeled, out, val=val_data, settings=settings,
             address=address, echo=click.echo,

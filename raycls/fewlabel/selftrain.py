@@ -2,13 +2,15 @@
 each later round bulk-classifies the unlabelled pool with the previous round's model (the Ray
 Data pipeline, output kept per round), keeps the confident predictions (a score threshold and a
 per-class cap, so one class cannot flood the set), and trains a new model on labelled plus
-pseudo-labelled rows. Every round's classify and fit resume on their own, and `rounds.json`
+pseudo-labelled rows (these at a lower loss weight and with stronger augmentation when the
+settings ask for it). Every round's classify and fit resume on their own, and `rounds.json`
 records finished rounds, so a rerun of the same command continues where it stopped.
 
 OUT/
   data/labeled/, data/val/   the labelled rows as Parquet (val: held out when no --val)
   rounds/NN/predictions/     the pool classified by round NN-1's model
-  rounds/NN/train/           labelled + pseudo-labelled rows (Parquet) that round NN trains on
+  rounds/NN/train/           labelled + pseudo-labelled rows (Parquet) that round NN trains on,
+                             with per-row loss weights and augmentation flags (rounddata.py)
   rounds/NN/model/           round NN's model (`raycls train` output)
   rounds.json                the table of finished rounds; model/ the best round's model
 """
@@ -22,7 +24,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from raycls.config import Config
+from raycls.config import PSEUDO_AUGMENTS, Config
+from raycls.fewlabel.rounddata import (
+    DONE_MARKER,
+    ROUND_COLUMNS,
+    exists,
+    labeled_data,
+    write_round_data,
+)
 from raycls.io.reading import relative_to
 from raycls.io.storage import (
     copy_dir,
@@ -36,16 +45,21 @@ from raycls.io.storage import (
 logger = logging.getLogger(__name__)
 
 ROUNDS_FILE = "rounds.json"
-DONE_MARKER = "_COMPLETE"  # written last into a finished data folder
 
 
 @dataclass(frozen=True)
 class SelfTrainSettings:
-    """How many rounds, and which predictions become pseudo-labels."""
+    """How many rounds, which predictions become pseudo-labels, and how they train."""
 
     rounds: int = 3
     threshold: float = 0.9
     per_class_quota: int | None = None  # at most this many pseudo-labels per class and round
+    # Loss weight of pseudo-labelled rows (labelled rows: 1.0); see raycls.train.losses.
+    # Both defaults measured best on digits (bench/bench_selftrain.py; README, Self-training).
+    pseudo_weight: float = 1.0
+    # "strong": pseudo-labelled rows also get RandAugment (raycls.train.augment), as the
+    # student in Noisy Student does; "same": the labelled rows' augmentation.
+    pseudo_augment: str = "same"
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= 50:
@@ -54,6 +68,13 @@ class SelfTrainSettings:
             raise ValueError(f"threshold={self.threshold} must be in [0, 1)")
         if self.per_class_quota is not None and self.per_class_quota < 1:
             raise ValueError(f"per_class_quota={self.per_class_quota} must be >= 1")
+        if not 0.0 < self.pseudo_weight <= 1.0:  # also refuses NaN
+            raise ValueError(f"pseudo_weight={self.pseudo_weight} must be in (0, 1]")
+        if self.pseudo_augment not in PSEUDO_AUGMENTS:
+            raise ValueError(
+                f"pseudo_augment={self.pseudo_augment!r} is not valid; choose one of: "
+                + ", ".join(PSEUDO_AUGMENTS)
+            )
 
 
 def self_train(
@@ -75,6 +96,12 @@ def self_train(
     out = resolve_storage_path(out)
     for source in filter(None, (labeled, unlabeled, val)):
         require_input(source)
+    for key in ROUND_COLUMNS:
+        if getattr(config.data, key) is not None:
+            raise ValueError(
+                f"self-train sets data.{key} itself for each round's training; unset it "
+                "(the loss weight of pseudo-labelled rows is --pseudo-weight)"
+            )
     identity = {
         "config": config.to_dict(),
         "settings": asdict(settings),
@@ -89,7 +116,7 @@ def self_train(
             "or rerun with the same command to resume it"
         )
     init_ray(address, dashboard=True)
-    train0, val = _labeled_data(config, labeled, val, join(out, "data"))
+    train0, val = labeled_data(config, labeled, val, join(out, "data"))
     table: list[dict[str, Any]] = state["rounds"]
     for index in range(len(table), settings.rounds + 1):
         table.append(_run_round(config, settings, index, out, train0, val, unlabeled, echo))
@@ -122,8 +149,9 @@ def _run_round(
         chosen = choose_pseudo_labels(join(here, "predictions"), settings)
         row.update(_pseudo_stats(chosen, unlabeled))
         train_data = join(here, "train")
-        if not _exists(join(train_data, DONE_MARKER)):
-            _write_round_data(config, train0, unlabeled, chosen, train_data)
+        if not exists(join(train_data, DONE_MARKER)):
+            write_round_data(config, settings, train0, unlabeled, chosen, train_data)
+        config = config.replace(data=ROUND_COLUMNS)
     echo(f"round {index}: training on {train_data} ({row['pseudo_labels']} pseudo-labels)")
     metrics = fit(config, train_data, join(here, "model"), val_data=val)
     row.update(
@@ -167,116 +195,6 @@ def _pseudo_stats(chosen: pa.Table, pool: str) -> dict[str, Any]:
 def _folder_label(key: str, root: str) -> str | None:
     rel = relative_to(key, root)
     return rel.split("/", 1)[0] if rel and "/" in rel else None
-
-
-def _labeled_data(config: Config, labeled: str, val: str | None, data: str) -> tuple[str, str]:
-    """The labelled rows as Parquet under `data` (and a held-out val split when `val` is
-    None, so pseudo-labelled rows never land in validation)."""
-    from raycls.train.data import split_is_val
-
-    train_dir, val_dir = join(data, "labeled"), join(data, "val")
-    if _exists(join(train_dir, DONE_MARKER)):
-        return train_dir, val or val_dir
-    rows = _read_labeled(config, labeled)
-    if val is None:
-        fraction = config.data.val_fraction or 0.1
-        is_val = split_is_val(rows.column("key").to_pylist(), labeled, config.data.seed, fraction)
-        if is_val.all() or not is_val.any():
-            raise ValueError(
-                f"{labeled!r} is too small to hold out a validation split "
-                f"({len(is_val)} rows, data.val_fraction={fraction}); pass --val DATA"
-            )
-        _write_parquet(config, rows.filter(pa.array(is_val)), val_dir)
-        rows = rows.filter(pa.array(~is_val))
-    _write_parquet(config, rows, train_dir)
-    logger.info("self-train: %d labelled training rows in %s", rows.num_rows, train_dir)
-    return train_dir, val or val_dir
-
-
-def _read_labeled(config: Config, source: str) -> pa.Table:
-    from raycls.io.labeled import load_labeled
-    from raycls.io.reading import read_shard
-
-    d = config.data
-    shards, _ = load_labeled(
-        source, image_column=d.image_column, label_column=d.label_column, text_column=d.text_column
-    )
-    read = {"image_column": d.image_column, "text_column": d.text_column}
-    tables = [
-        read_shard(s, **read, label_column=d.label_column, labeled_root=source) for s in shards
-    ]
-    return pa.concat_tables(tables)
-
-
-def _write_round_data(
-    config: Config, train0: str, pool: str, chosen: pa.Table, target: str
-) -> None:
-    """labelled rows + the pool's rows named in `chosen`, with their pseudo-labels."""
-    from raycls.io.inputs import plan_shards, shard_dataset
-
-    fs, path = get_filesystem(target)
-    fs.delete_dir_contents(path, missing_dir_ok=True)
-    copy_dir(train0, target, skip=(DONE_MARKER,))
-    if chosen.num_rows:
-        labels = dict(
-            zip(chosen.column("key").to_pylist(), chosen.column("label").to_pylist(), strict=True)
-        )
-        c = config.classify
-        shards = plan_shards(pool, c.shard_size, text_column=c.text_column)
-        rows = shard_dataset(shards, image_column=c.image_column, text_column=c.text_column,
-                             id_column=c.id_column)  # fmt: skip
-        d = config.data
-        names = {"image": d.image_column, "label": d.label_column, "text": d.text_column}
-        pseudo = rows.map_batches(
-            _pseudo_rows, fn_kwargs={"labels": labels, "names": names}, batch_format="pyarrow"
-        )
-        pseudo.write_parquet(path, filesystem=fs)
-    fs.open_output_stream(f"{path}/{DONE_MARKER}").close()
-
-
-def _pseudo_rows(batch: pa.Table, labels: dict[str, str], names: dict[str, str]) -> pa.Table:
-    keys = batch.column("key").to_pylist()
-    keep = pa.array(
-        [
-            k in labels and e is None
-            for k, e in zip(keys, batch.column("error").to_pylist(), strict=True)
-        ]
-    )
-    batch = batch.filter(keep)
-    picked = [labels[k] for k in batch.column("key").to_pylist()]
-    return pa.table(
-        {
-            "key": batch.column("key"),
-            names["image"]: batch.column("image"),
-            names["text"]: batch.column("text"),
-            names["label"]: pa.array(picked, type=pa.string()),
-        }
-    )
-
-
-def _write_parquet(config: Config, rows: pa.Table, target: str) -> None:
-    import pyarrow.parquet as pq
-
-    d = config.data
-    table = pa.table(
-        {
-            "key": rows.column("key"),
-            d.image_column: rows.column("image"),
-            d.text_column: rows.column("text"),
-            d.label_column: rows.column("label"),
-        }
-    )
-    fs, path = get_filesystem(target)
-    fs.delete_dir_contents(path, missing_dir_ok=True)
-    fs.create_dir(path)
-    pq.write_table(table, f"{path}/labeled.parquet", filesystem=fs, row_group_size=256)
-    fs.open_output_stream(f"{path}/{DONE_MARKER}").close()
-
-
-def _exists(uri: str) -> bool:
-    from raycls.io.storage import is_file
-
-    return is_file(uri)
 
 
 def _publish(model: str, target: str) -> None:

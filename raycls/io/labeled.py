@@ -15,6 +15,7 @@ from raycls.io.inputs import plan_shards
 from raycls.io.reading import check_columns, relative_to
 from raycls.io.shards import Shard
 from raycls.io.storage import get_filesystem
+from raycls.io.training_columns import read_flags, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -26,18 +27,29 @@ def load_labeled(
     label_column: str = "label",
     text_column: str | None = "text",
     shard_size: int = 1000,
+    weight_column: str | None = None,
+    strong_augment_column: str | None = None,
 ) -> tuple[list[Shard], list[str]]:
     """Plan labelled training data; returns the shards and the sorted class names.
 
     `source` is an ImageFolder (label = first folder below the root) or Parquet with a label
     column. Read the shards with
     `inputs.shard_dataset(shards, label_column=..., labeled_root=source)`: each kind uses the
-    argument it needs.
+    argument it needs. `weight_column` and `strong_augment_column` (training's per-row
+    columns, `raycls.io.training_columns`) need Parquet; every weight is checked here.
     """
     shards = plan_shards(source, shard_size, text_column=text_column)
     kind = shards[0].kind
+    per_row = {"data.weight_column": weight_column,
+               "data.strong_augment_column": strong_augment_column}  # fmt: skip
     if kind == "parquet":
-        return shards, _parquet_classes(shards, image_column, label_column)
+        return shards, _parquet_classes(shards, image_column, label_column, per_row)
+    for setting, column in per_row.items():
+        if column is not None:
+            raise ValueError(
+                f"{setting}={column!r} names a Parquet column, but {source!r} is not Parquet; "
+                f"write the data as Parquet with that column, or unset {setting}"
+            )
     fs, base = get_filesystem(source)
     if kind == "files" and fs.get_file_info(base).type == pafs.FileType.Directory:
         return shards, _folder_classes(source, fs, base, shards)
@@ -48,17 +60,24 @@ def load_labeled(
     )
 
 
-def _parquet_classes(shards: list[Shard], image_column: str, label_column: str) -> list[str]:
+def _parquet_classes(
+    shards: list[Shard], image_column: str, label_column: str, per_row: dict[str, str | None]
+) -> list[str]:
     labels: set[str] = set()
     nulls = 0
+    weights, flags = per_row["data.weight_column"], per_row["data.strong_augment_column"]
     for uri in dict.fromkeys(s.paths[0] for s in shards):
         fs, path = get_filesystem(uri)
         names = pq.read_schema(path, filesystem=fs).names
-        check_columns(
-            uri, names, {"data.label_column": label_column, "data.image_column": image_column}
-        )
-        column = pq.read_table(path, filesystem=fs, columns=[label_column])
-        values = column.column(label_column).cast(pa.string()).to_pylist()
+        roles = {"data.label_column": label_column, "data.image_column": image_column}
+        check_columns(uri, names, {**roles, **per_row})
+        read = dict.fromkeys(c for c in (label_column, weights, flags) if c)
+        table = pq.read_table(path, filesystem=fs, columns=list(read))
+        if weights:  # a bad weight stops the run here, before any training worker starts
+            read_weights(table.column(weights), uri, weights)
+        if flags:
+            read_flags(table.column(flags), uri, flags)
+        values = table.column(label_column).cast(pa.string()).to_pylist()
         nulls += values.count(None)
         labels.update(v for v in values if v is not None)
     if nulls:

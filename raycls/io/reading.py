@@ -19,6 +19,7 @@ from raycls.io.retry import TransientReadError, with_retries
 from raycls.io.shards import Shard
 from raycls.io.storage import get_filesystem, is_uri, resolve_ref
 from raycls.io.tars import iter_tar
+from raycls.io.training_columns import TRAINING_COLUMNS, read_flags, read_weights
 
 ROW_SCHEMA = pa.schema(
     [
@@ -30,6 +31,14 @@ ROW_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+
+
+def row_schema(extra: dict[str, str] | None = None) -> pa.Schema:
+    """ROW_SCHEMA plus the training columns named in `extra` (row name -> Parquet column)."""
+    schema = ROW_SCHEMA
+    for name in extra or ():
+        schema = schema.append(pa.field(name, TRAINING_COLUMNS[name][0]))
+    return schema
 
 
 def printable(path: str) -> str:
@@ -79,7 +88,8 @@ def relative_to(path: str, root: str) -> str | None:
 
 
 def read_shard(shard: Shard | dict[str, Any], **kwargs: Any) -> pa.Table:
-    """Read one shard into rows with columns key, shard, image, text, label, error.
+    """Read one shard into rows with columns key, shard, image, text, label, error (and
+    weight, strong_augment when their columns are named).
 
     A bad row (missing, unreadable or too big a file, tar sample without an image) gets a
     null `image` and a message in `error`. A file whose rows cannot be enumerated (unreadable
@@ -88,7 +98,7 @@ def read_shard(shard: Shard | dict[str, Any], **kwargs: Any) -> pa.Table:
     `iter_shard`.
     """
     tables = list(iter_shard(shard, **kwargs))
-    return pa.concat_tables(tables) if tables else ROW_SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else row_schema(_extra(**kwargs)).empty_table()
 
 
 def iter_shard(
@@ -101,6 +111,8 @@ def iter_shard(
     labeled_root: str | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     chunk_rows: int = 256,
+    weight_column: str | None = None,
+    strong_augment_column: str | None = None,
 ) -> Iterator[pa.Table]:
     """The rows of one shard (see `read_shard`) as tables, in order: a tar shard is streamed
     `chunk_rows` samples at a time, other shards come whole (they are bounded by planning).
@@ -111,20 +123,34 @@ def iter_shard(
         id_column: Parquet column used as `key` (default: "file.parquet#row").
         labeled_root: for "files" shards, the ImageFolder root: label = first folder below it.
         max_file_bytes: bigger image files and tar members become error rows.
+        weight_column: Parquet column read as `weight` (see `read_weights`).
+        strong_augment_column: Parquet column read as `strong_augment` (null: False). Other
+            shards get the null values of both (training refuses them on the driver).
     """
     if not isinstance(shard, Shard):
         shard = Shard.from_dict(shard)
+    extra = _extra(weight_column=weight_column, strong_augment_column=strong_augment_column)
+    schema = row_schema(extra)
     if shard.kind == "files":
         parts = [_read_files(shard, labeled_root, max_file_bytes)]
     elif shard.kind == "parquet":
         parts = [_read_parquet(shard, image_column, text_column, label_column, id_column,
-                               max_file_bytes)]  # fmt: skip
+                               max_file_bytes, extra)]  # fmt: skip
     else:
         parts = iter_tar(shard.paths[0], text_column=text_column, label_column=label_column,
                          max_file_bytes=max_file_bytes, chunk_rows=chunk_rows)  # fmt: skip
     for cols in parts:
         cols["shard"] = [shard.index] * len(cols["key"])
-        yield pa.Table.from_pydict(cols, schema=ROW_SCHEMA)
+        for name in extra:
+            cols.setdefault(name, [TRAINING_COLUMNS[name][1]] * len(cols["key"]))
+        yield pa.Table.from_pydict(cols, schema=schema)
+
+
+def _extra(
+    weight_column: str | None = None, strong_augment_column: str | None = None, **_: Any
+) -> dict[str, str]:
+    named = {"weight": weight_column, "strong_augment": strong_augment_column}
+    return {name: column for name, column in named.items() if column}
 
 
 def _read_files(shard: Shard, labeled_root: str | None, max_file_bytes: int) -> dict[str, list]:
@@ -152,9 +178,10 @@ def _read_parquet(
     label_column: str | None,
     id_column: str | None,
     max_file_bytes: int,
+    extra: dict[str, str],
 ) -> dict[str, list]:
     uri = shard.paths[0]
-    columns = (image_column, text_column, label_column, id_column)
+    columns = (image_column, text_column, label_column, id_column, *extra.values())
 
     def read() -> tuple[list[str], pa.Table, list[int]]:
         fs, path = get_filesystem(uri)
@@ -172,14 +199,20 @@ def _read_parquet(
     except Exception as e:
         raise ValueError(f"cannot read Parquet file {uri}: {type(e).__name__}: {e}") from e
     roles = {"image_column": image_column, "label_column": label_column, "id_column": id_column}
-    check_columns(uri, names, roles)
+    check_columns(uri, names, {**roles, **{f"data.{n}_column": c for n, c in extra.items()}})
     rows = _rows(shard, sizes)
     ids = _strings(table, id_column) if id_column else [None] * table.num_rows
     keys = [f"{uri}#{r}" if k is None else k for k, r in zip(ids, rows, strict=True)]
     images, errors = parquet_images(table.column(image_column), uri, max_file_bytes)
     text = _strings(table, text_column) if text_column in names else [None] * table.num_rows
     label = _strings(table, label_column) if label_column else [None] * table.num_rows
-    return {"key": keys, "image": images, "text": text, "label": label, "error": errors}
+    cols = {"key": keys, "image": images, "text": text, "label": label, "error": errors}
+    if "weight" in extra:
+        cols["weight"] = read_weights(table.column(extra["weight"]), uri, extra["weight"], rows)
+    if "strong_augment" in extra:
+        cols["strong_augment"] = read_flags(table.column(extra["strong_augment"]), uri,
+                                            extra["strong_augment"])  # fmt: skip
+    return cols
 
 
 def check_columns(uri: str, names: list[str], columns: dict[str, str | None]) -> None:

@@ -24,6 +24,7 @@ from raycls.io.labeled import load_labeled
 from raycls.io.reading import relative_to
 from raycls.io.shards import Shard
 from raycls.models.weights import DEFAULT_IMAGE_SIZE, resolve_image_size
+from raycls.train.augment import rotate_by_quarters, shift_and_flip, strong_augment
 from raycls.train.checks import check_classes, check_split, check_text, scan_batch
 
 if TYPE_CHECKING:
@@ -60,12 +61,14 @@ def prepare_data(
     """
     d = config.data
     columns = {"image_column": d.image_column, "label_column": d.label_column}
+    # Per-row loss weights and strong-augmentation flags: training rows only.
+    per_row = {"weight_column": d.weight_column, "strong_augment_column": d.strong_augment_column}
     shards, classes = load_labeled(
-        train_data, **columns, text_column=d.text_column, shard_size=SHARD_SIZE
+        train_data, **columns, text_column=d.text_column, shard_size=SHARD_SIZE, **per_row
     )
     shards = _mix_shards(shards, d.seed)
     read = {**columns, "text_column": d.text_column}
-    train_raw = shard_dataset(shards, **read, labeled_root=train_data)
+    train_raw = shard_dataset(shards, **read, **per_row, labeled_root=train_data)
     if val_data is None:
         if d.val_fraction <= 0:
             raise ValueError(
@@ -219,49 +222,36 @@ def _prepare_batch(
     flip: bool = True,
     crop: str = "resized",
     rotate90: bool = False,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """Decode (and for training augment), drop unreadable or unlabelled rows, index labels."""
+    """Decode (and for training augment), drop unreadable or unlabelled rows, index labels.
+
+    Training rows flagged in a `strong_augment` column also get RandAugment; a `weight`
+    column passes through as `weight` (1.0 for every row without one). `seed` None draws
+    fresh augmentation.
+    """
     resized = train and crop == "resized"
-    out = decode_batch(batch, size=size, max_pixels=max_pixels, train=resized, flip=flip)
+    out = decode_batch(batch, size=size, max_pixels=max_pixels, train=resized, flip=flip,
+                       seed=seed)  # fmt: skip
+    rng = np.random.default_rng(seed)
     if train and crop in ("shift", "none"):
-        rng = np.random.default_rng()
         out["pixels"] = shift_and_flip(out["pixels"], rng, flip=flip, shift=crop == "shift")
     if train and rotate90:
-        out["pixels"] = rotate_by_quarters(out["pixels"], np.random.default_rng())
+        out["pixels"] = rotate_by_quarters(out["pixels"], rng)
+    if train and "strong_augment" in out:
+        out["pixels"] = strong_augment(out["pixels"], out["strong_augment"], rng)
     labels = np.array([classes.get(lab, -1) if lab is not None else -1 for lab in out["label"]])
     keep = (out["status"] == "ok") & (labels >= 0)
     texts = out.get("text")
     if texts is None:
         texts = np.array([None] * len(labels), dtype=object)
+    weights = out.get("weight")
+    if weights is None:
+        weights = np.ones(len(labels))
     return {
         "key": out["key"][keep],
         "pixels": out["pixels"][keep],
         "text": texts[keep],
         "label": labels[keep].astype(np.int64),
+        "weight": np.asarray(weights, dtype=np.float32)[keep],
     }
-
-
-def rotate_by_quarters(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Turn each [3, S, S] image by 0, 90, 180 or 270 degrees, drawn per image."""
-    if not len(pixels):
-        return pixels
-    turns = rng.integers(0, 4, size=len(pixels))
-    return np.stack([np.rot90(p, k, axes=(1, 2)) for p, k in zip(pixels, turns, strict=True)])
-
-
-def shift_and_flip(
-    pixels: np.ndarray, rng: np.random.Generator, flip: bool = True, shift: bool = True
-) -> np.ndarray:
-    """Move each [3, S, S] image by up to S/8 pixels each way (edges reflected) and flip half
-    of them horizontally: the pad-and-crop augmentation of small-image recipes (CIFAR's 4 px
-    at 32), which keeps every pixel's scale where a random-area crop would zoom in."""
-    n, _, size, _ = pixels.shape
-    pad = max(1, size // 8) if shift else 0
-    padded = np.pad(pixels, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    out = np.empty_like(pixels)
-    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
-    flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
-    for i in range(n):
-        view = padded[i, :, dy[i] : dy[i] + size, dx[i] : dx[i] + size]
-        out[i] = view[:, :, ::-1] if flips[i] else view
-    return out

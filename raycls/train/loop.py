@@ -28,6 +28,7 @@ from raycls.config import Config, TrainConfig
 from raycls.models import FusedClassifier, build_model
 from raycls.train.checkpoint import MODEL_DIR, load_checkpoint, save_checkpoint
 from raycls.train.logs import log, log_epoch, setup_worker_logs
+from raycls.train.losses import training_loss
 from raycls.train.metrics import classification_metrics
 from raycls.train.schedule import build_optimizer
 
@@ -166,8 +167,9 @@ def _train_epoch(run: _Run, shard, epoch: int) -> dict[str, Any]:
     )
     for i, batch in enumerate(batches):
         pixels, inputs, labels = _tensors(model, batch, run.device)
+        weights = torch.from_numpy(np.require(batch["weight"], np.float32)).to(run.device)
         if len(labels) == 1:  # BatchNorm cannot normalise a single example in training
-            pixels, labels = pixels.repeat(2, 1, 1, 1), labels.repeat(2)
+            pixels, labels, weights = pixels.repeat(2, 1, 1, 1), labels.repeat(2), weights.repeat(2)
             inputs = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
         pending += 1
         sync = pending == t.grad_accum_steps or i + 1 == run.batches_per_epoch
@@ -175,10 +177,9 @@ def _train_epoch(run: _Run, shard, epoch: int) -> dict[str, Any]:
         with no_sync:
             with run.autocast:
                 logits, image_logits = run.ddp_model(pixels, **inputs, with_image_logits=True)
-            loss = run.criterion(logits.float(), labels)
-            if image_logits is not None:  # model.image_loss_weight > 0
-                weight = model.config.image_loss_weight
-                loss = loss + weight * run.criterion(image_logits.float(), labels)
+            loss = training_loss(logits, image_logits, labels, weights,
+                                 label_smoothing=t.label_smoothing,
+                                 image_loss_weight=model.config.image_loss_weight)  # fmt: skip
             (loss / t.grad_accum_steps).backward()
         finite = torch.isfinite(loss.detach()).double()
         sums[0] += torch.nan_to_num(loss.detach().double()) * finite * len(labels)
