@@ -32,9 +32,10 @@ from raycls.models.predictor import ModelSpec, model_identity
 logger = logging.getLogger(__name__)
 
 # A small input is cut into at least this many shards (of 64 rows or more), so that it spreads
-# over the actors of a many-core machine: a shard is read, decoded and classified by one
-# actor. With shard_size 1,000 alone, 1,000 images were one shard and kept one of two actors
-# busy. Fixed, not read from the cluster: the plan (and so a resume) depends on the input only.
+# over the actors: a Parquet shard is read by one task (image files are also sliced into read
+# tasks), and a shard's rows are committed together. A 1,000-row Parquet file of ten row groups
+# was one shard: one actor, and every row at the end. Fixed, not read from the cluster: the
+# plan (and so a resume) depends on the input only.
 MIN_SHARDS = 16
 
 # Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.
