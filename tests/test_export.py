@@ -84,7 +84,8 @@ def test_fused_model_to_onnx_through_the_cli(tmp_path, fused_dir, images):
     assert "random inputs: max |logit difference|" in result.output
     assert "real inputs: max |logit difference|" in result.output
     assert "tokenizer" in result.output
-    summary = json.loads(result.output[result.output.index("{") :])
+    # The summary JSON; stderr lines (progress bars, warnings) may follow it in result.output.
+    summary, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{") :])
     assert summary["inputs"] == ["pixels", "input_ids", "attention_mask", "has_text"]
     assert max(summary["max_abs_diff"].values()) <= 1e-3 and summary["rows_checked"]["real"] == 5
     meta = _onnx_meta(str(out))

@@ -138,7 +138,7 @@ def test_retry_errors_redoes_only_the_error_rows(tmp_path, model_dir, in_process
             "--shard-size", "2", "--batch-size", "2", "--retry-errors"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{") :])
+    summary, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{") :])
     assert (summary["rows_retried"], summary["total_ok"], summary["total_error"]) == (2, 5, 1)
     after = _stamps(out)
     assert after["part-000000.parquet"] == before["part-000000.parquet"]
