@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from raycls.config import Config
-from raycls.io.storage import get_filesystem, join
+from raycls.io.storage import get_filesystem, is_file, join
 
 if TYPE_CHECKING:
     from raycls.fewlabel.selftrain import SelfTrainSettings
@@ -31,7 +31,7 @@ def labeled_data(config: Config, labeled: str, val: str | None, data: str) -> tu
     from raycls.train.data import split_is_val
 
     train_dir, val_dir = join(data, "labeled"), join(data, "val")
-    if exists(join(train_dir, DONE_MARKER)):
+    if is_file(join(train_dir, DONE_MARKER)):
         return train_dir, val or val_dir
     rows = _read_labeled(config, labeled)
     if val is None:
@@ -155,9 +155,3 @@ def _write_parquet(config: Config, rows: pa.Table, target: str) -> None:
     fs.create_dir(path)
     pq.write_table(table, f"{path}/labeled.parquet", filesystem=fs, row_group_size=256)
     fs.open_output_stream(f"{path}/{DONE_MARKER}").close()
-
-
-def exists(uri: str) -> bool:
-    from raycls.io.storage import is_file
-
-    return is_file(uri)

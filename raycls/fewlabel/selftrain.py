@@ -25,17 +25,12 @@ from typing import Any
 import pyarrow as pa
 
 from raycls.config import PSEUDO_AUGMENTS, Config
-from raycls.fewlabel.rounddata import (
-    DONE_MARKER,
-    ROUND_COLUMNS,
-    exists,
-    labeled_data,
-    write_round_data,
-)
+from raycls.fewlabel.rounddata import DONE_MARKER, ROUND_COLUMNS, labeled_data, write_round_data
 from raycls.io.reading import relative_to
 from raycls.io.storage import (
     copy_dir,
     get_filesystem,
+    is_file,
     join,
     read_json,
     resolve_storage_path,
@@ -149,7 +144,7 @@ def _run_round(
         chosen = choose_pseudo_labels(join(here, "predictions"), settings)
         row.update(_pseudo_stats(chosen, unlabeled))
         train_data = join(here, "train")
-        if not exists(join(train_data, DONE_MARKER)):
+        if not is_file(join(train_data, DONE_MARKER)):
             write_round_data(config, settings, train0, unlabeled, chosen, train_data)
         config = config.replace(data=ROUND_COLUMNS)
     echo(f"round {index}: training on {train_data} ({row['pseudo_labels']} pseudo-labels)")

@@ -15,7 +15,7 @@ from raycls.io.inputs import plan_shards
 from raycls.io.reading import check_columns, relative_to
 from raycls.io.shards import Shard
 from raycls.io.storage import get_filesystem
-from raycls.io.training_columns import read_flags, read_weights
+from raycls.io.training_columns import named_columns, read_flags, read_weights, setting_names
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,15 @@ def load_labeled(
     """
     shards = plan_shards(source, shard_size, text_column=text_column)
     kind = shards[0].kind
-    per_row = {"data.weight_column": weight_column,
-               "data.strong_augment_column": strong_augment_column}  # fmt: skip
+    per_row = named_columns(weight_column, strong_augment_column)
     if kind == "parquet":
         return shards, _parquet_classes(shards, image_column, label_column, per_row)
-    for setting, column in per_row.items():
-        if column is not None:
-            raise ValueError(
-                f"{setting}={column!r} names a Parquet column, but {source!r} is not Parquet; "
-                f"write the data as Parquet with that column, or unset {setting}"
-            )
+    if per_row:
+        setting, column = next(iter(setting_names(per_row).items()))
+        raise ValueError(
+            f"{setting}={column!r} names a Parquet column, but {source!r} is not Parquet; "
+            f"write the data as Parquet with that column, or unset {setting}"
+        )
     fs, base = get_filesystem(source)
     if kind == "files" and fs.get_file_info(base).type == pafs.FileType.Directory:
         return shards, _folder_classes(source, fs, base, shards)
@@ -61,16 +60,16 @@ def load_labeled(
 
 
 def _parquet_classes(
-    shards: list[Shard], image_column: str, label_column: str, per_row: dict[str, str | None]
+    shards: list[Shard], image_column: str, label_column: str, per_row: dict[str, str]
 ) -> list[str]:
     labels: set[str] = set()
     nulls = 0
-    weights, flags = per_row["data.weight_column"], per_row["data.strong_augment_column"]
+    weights, flags = per_row.get("weight"), per_row.get("strong_augment")
     for uri in dict.fromkeys(s.paths[0] for s in shards):
         fs, path = get_filesystem(uri)
         names = pq.read_schema(path, filesystem=fs).names
         roles = {"data.label_column": label_column, "data.image_column": image_column}
-        check_columns(uri, names, {**roles, **per_row})
+        check_columns(uri, names, {**roles, **setting_names(per_row)})
         read = dict.fromkeys(c for c in (label_column, weights, flags) if c)
         table = pq.read_table(path, filesystem=fs, columns=list(read))
         if weights:  # a bad weight stops the run here, before any training worker starts

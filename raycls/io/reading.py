@@ -19,7 +19,13 @@ from raycls.io.retry import TransientReadError, with_retries
 from raycls.io.shards import Shard
 from raycls.io.storage import get_filesystem, is_uri, resolve_ref
 from raycls.io.tars import iter_tar
-from raycls.io.training_columns import TRAINING_COLUMNS, read_flags, read_weights
+from raycls.io.training_columns import (
+    TRAINING_COLUMNS,
+    named_columns,
+    read_flags,
+    read_weights,
+    setting_names,
+)
 
 ROW_SCHEMA = pa.schema(
     [
@@ -98,7 +104,7 @@ def read_shard(shard: Shard | dict[str, Any], **kwargs: Any) -> pa.Table:
     `iter_shard`.
     """
     tables = list(iter_shard(shard, **kwargs))
-    return pa.concat_tables(tables) if tables else row_schema(_extra(**kwargs)).empty_table()
+    return pa.concat_tables(tables) if tables else row_schema(named_columns(**kwargs)).empty_table()
 
 
 def iter_shard(
@@ -129,7 +135,7 @@ def iter_shard(
     """
     if not isinstance(shard, Shard):
         shard = Shard.from_dict(shard)
-    extra = _extra(weight_column=weight_column, strong_augment_column=strong_augment_column)
+    extra = named_columns(weight_column, strong_augment_column)
     schema = row_schema(extra)
     if shard.kind == "files":
         parts = [_read_files(shard, labeled_root, max_file_bytes)]
@@ -144,13 +150,6 @@ def iter_shard(
         for name in extra:
             cols.setdefault(name, [TRAINING_COLUMNS[name][1]] * len(cols["key"]))
         yield pa.Table.from_pydict(cols, schema=schema)
-
-
-def _extra(
-    weight_column: str | None = None, strong_augment_column: str | None = None, **_: Any
-) -> dict[str, str]:
-    named = {"weight": weight_column, "strong_augment": strong_augment_column}
-    return {name: column for name, column in named.items() if column}
 
 
 def _read_files(shard: Shard, labeled_root: str | None, max_file_bytes: int) -> dict[str, list]:
@@ -199,7 +198,7 @@ def _read_parquet(
     except Exception as e:
         raise ValueError(f"cannot read Parquet file {uri}: {type(e).__name__}: {e}") from e
     roles = {"image_column": image_column, "label_column": label_column, "id_column": id_column}
-    check_columns(uri, names, {**roles, **{f"data.{n}_column": c for n, c in extra.items()}})
+    check_columns(uri, names, {**roles, **setting_names(extra)})
     rows = _rows(shard, sizes)
     ids = _strings(table, id_column) if id_column else [None] * table.num_rows
     keys = [f"{uri}#{r}" if k is None else k for k, r in zip(ids, rows, strict=True)]

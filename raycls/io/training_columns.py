@@ -12,6 +12,19 @@ import pyarrow as pa
 TRAINING_COLUMNS = {"weight": (pa.float64(), 1.0), "strong_augment": (pa.bool_(), False)}
 
 
+def named_columns(
+    weight_column: str | None = None, strong_augment_column: str | None = None, **_: object
+) -> dict[str, str]:
+    """Row name -> Parquet column, for the per-row columns a reader was asked for."""
+    named = {"weight": weight_column, "strong_augment": strong_augment_column}
+    return {name: column for name, column in named.items() if column}
+
+
+def setting_names(columns: dict[str, str]) -> dict[str, str]:
+    """The same columns keyed by their settings' names (data.weight_column, ...), for errors."""
+    return {f"data.{name}_column": column for name, column in columns.items()}
+
+
 def read_weights(
     column: pa.ChunkedArray, uri: str, name: str, rows: list[int] | None = None
 ) -> list[float]:

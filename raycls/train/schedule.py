@@ -41,13 +41,12 @@ def one_cycle(total: int, warmup: int) -> Callable[[int], float]:
     def anneal(start: float, end: float, progress: float) -> float:
         return end + (start - end) / 2.0 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    peak = warmup - 1  # OneCycleLR's step of the peak; the last step is total - 1
+    peak = max(warmup - 1, 0)  # OneCycleLR's step of the peak; the last step is total - 1
 
     def factor(step: int) -> float:
-        if peak > 0 and step <= peak:
+        if step < peak:
             return anneal(1.0 / START_DIV, 1.0, step / peak)
-        peak_at = max(peak, 0)
-        return anneal(1.0, 1.0 / FINAL_DIV, (step - peak_at) / max(1, total - 1 - peak_at))
+        return anneal(1.0, 1.0 / FINAL_DIV, (step - peak) / max(1, total - 1 - peak))
 
     return factor
 
