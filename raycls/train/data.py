@@ -23,7 +23,6 @@ from raycls.io.inputs import shard_dataset
 from raycls.io.labeled import load_labeled
 from raycls.io.reading import relative_to
 from raycls.io.shards import Shard
-from raycls.models.weights import DEFAULT_IMAGE_SIZE, resolve_image_size
 from raycls.train.augment import rotate_by_quarters, shift_and_flip, strong_augment
 from raycls.train.checks import check_classes, check_split, check_text, scan_batch
 
@@ -45,8 +44,8 @@ class TrainData:
     train: ray.data.Dataset
     val: ray.data.Dataset
     classes: list[str]
+    image_size: int  # what model.image_size resolved to
     summary: dict[str, Any] = field(default_factory=dict)
-    image_size: int = DEFAULT_IMAGE_SIZE  # what model.image_size resolved to
 
 
 def prepare_data(
@@ -108,6 +107,10 @@ def prepare_data(
     )
     sides = train_scan["side"][train_scan["side"] > 0]
     summary["median_side"] = int(np.median(sides)) if len(sides) else None
+    # Imported here: it needs torchvision, which the read and decode tasks (functions of this
+    # module, run in fresh worker processes) would otherwise import for nothing, seconds each.
+    from raycls.models.weights import resolve_image_size
+
     image_size = resolve_image_size(config.model, summary["median_side"])
     crop = _choose_crop(d.crop, summary["median_side"], image_size)
     summary["image_size"], summary["crop"] = image_size, crop if d.augment else "none"

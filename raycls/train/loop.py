@@ -167,7 +167,7 @@ def _train_epoch(run: _Run, shard, epoch: int) -> dict[str, Any]:
     )
     for i, batch in enumerate(batches):
         pixels, inputs, labels = _tensors(model, batch, run.device)
-        weights = torch.from_numpy(np.require(batch["weight"], np.float32)).to(run.device)
+        weights = torch.from_numpy(np.require(batch["weight"], np.float32, ["W"])).to(run.device)
         if len(labels) == 1:  # BatchNorm cannot normalise a single example in training
             pixels, labels, weights = pixels.repeat(2, 1, 1, 1), labels.repeat(2), weights.repeat(2)
             inputs = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
