@@ -28,7 +28,10 @@ from raycls.models.weights import resolve_image_size
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: model.image_head (image-only models end in one linear layer); format 1 files still load,
+# their image-only models with the LayerNorm + MLP head they were saved with.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 class FusedClassifier(nn.Module):
@@ -57,6 +60,7 @@ class FusedClassifier(nn.Module):
             config.hidden_dim,
             len(self.labels),
             config.dropout,
+            config.image_head,
         )
         # Trained by train.loop when model.image_loss_weight > 0; unused at inference.
         both = backbone is not None and text is not None and config.image_loss_weight > 0
@@ -291,11 +295,13 @@ def load_model(
         version, model_settings, labels = meta["format_version"], meta["model"], meta["labels"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{str(path / CONFIG_FILE)!r} is corrupt: {err!r}") from err
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise ValueError(
             f"{str(path)!r} has model format {version}; this raycls ({_version()}) reads "
-            f"format {FORMAT_VERSION}"
+            f"formats {', '.join(map(str, READABLE_FORMATS))}"
         )
+    if version == 1:
+        model_settings = {**model_settings, "image_head": "mlp"}
     model_settings = {**model_settings, "trust_remote_code": trust_remote_code}
     config = Config.from_dict({"model": model_settings}).model
     text_dir = meta.get("text_encoder_dir")

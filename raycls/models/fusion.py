@@ -129,17 +129,30 @@ class CrossAttentionHead(nn.Module):
 
 
 class ImageOnlyHead(nn.Module):
-    """Pooled image features -> MLP; text is ignored."""
+    """Pooled image features -> one linear layer, as torchvision's classifiers end; text is
+    ignored. `mlp=True` puts LayerNorm + MLP there instead, as the fusion heads have
+    (model.image_head=mlp; the head of image-only models saved in model format 1)."""
 
     def __init__(
-        self, image_dim: int, text_dim: int, hidden_dim: int, classes: int, dropout: float
+        self,
+        image_dim: int,
+        text_dim: int,
+        hidden_dim: int,
+        classes: int,
+        dropout: float,
+        mlp: bool = False,
     ):
         super().__init__()
-        self.norm = nn.LayerNorm(image_dim)
-        self.mlp = _mlp(image_dim, hidden_dim, classes, dropout)
+        self.uses_mlp = mlp
+        if mlp:
+            self.norm = nn.LayerNorm(image_dim)
+            self.mlp = _mlp(image_dim, hidden_dim, classes, dropout)
+        else:
+            self.linear = nn.Linear(image_dim, classes)
 
     def forward(self, f: Features) -> torch.Tensor:
-        return self.mlp(self.norm(_pool(f.image_map)))
+        pooled = _pool(f.image_map)
+        return self.mlp(self.norm(pooled)) if self.uses_mlp else self.linear(pooled)
 
 
 class TextOnlyHead(nn.Module):
@@ -189,10 +202,20 @@ def fusion_spec(name: str) -> FusionSpec:
 
 
 def build_fusion(
-    name: str, image_dim: int, text_dim: int, hidden_dim: int, num_classes: int, dropout: float
+    name: str,
+    image_dim: int,
+    text_dim: int,
+    hidden_dim: int,
+    num_classes: int,
+    dropout: float,
+    image_head: str = "linear",
 ) -> nn.Module:
-    """The head for fusion `name`; a dimension is 0 for a modality the head does not use."""
-    return fusion_spec(name).head(image_dim, text_dim, hidden_dim, num_classes, dropout)
+    """The head for fusion `name`; a dimension is 0 for a modality the head does not use.
+    `image_head` ("linear" or "mlp") shapes the image-only head (model.image_head)."""
+    head = fusion_spec(name).head
+    if head is ImageOnlyHead:
+        return head(image_dim, text_dim, hidden_dim, num_classes, dropout, image_head == "mlp")
+    return head(image_dim, text_dim, hidden_dim, num_classes, dropout)
 
 
 __all__ = ["FUSIONS", "Features", "FusionSpec", "build_fusion", "fusion_spec", "list_fusions"]
