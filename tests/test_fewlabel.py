@@ -123,6 +123,43 @@ def test_pseudo_settings_are_checked_and_part_of_the_run_identity(tmp_path, monk
         self_train(weighted, *args, settings=old)
 
 
+def test_self_train_stops_when_a_round_finds_no_pseudo_labels(tmp_path, monkeypatch):
+    calls: list[str] = []
+
+    def fit(config, train_data, out, val_data=None):
+        calls.append(f"fit {Path(out).parent.name}")
+        return {"val_accuracy": 0.5, "val_macro_f1": 0.5, "data": {"train": {"rows": 4}}}
+
+    def classify(source, model, out, config):
+        calls.append(f"classify {Path(out).parent.name}")
+        _classify_output(Path(out))  # highest score 0.99
+
+    monkeypatch.setattr("raycls.cluster.runtime.init_ray", lambda *a, **k: None)
+    monkeypatch.setattr("raycls.fewlabel.selftrain.labeled_data", lambda *a: ("L", "V"))
+    monkeypatch.setattr("raycls.fewlabel.selftrain._publish", lambda *a: None)
+    monkeypatch.setattr("raycls.train.trainer.fit", fit)
+    monkeypatch.setattr("raycls.bulk.pipeline.classify", classify)
+    for name in ("labeled/cat", "pool"):
+        write_images(tmp_path / name, 1)
+    args = (load_config(None), str(tmp_path / "labeled"), str(tmp_path / "pool"),
+            str(tmp_path / "st"))  # fmt: skip
+    settings = SelfTrainSettings(rounds=3, threshold=0.995)
+    messages: list[str] = []
+    result = self_train(*args, settings=settings, echo=messages.append)
+    assert calls == ["fit 00", "classify 01"]  # round 1 found nothing: no training on L again
+    assert [r["round"] for r in result["rounds"]] == [0] and result["best_round"] == 0
+    assert "no prediction on the pool scored --threshold 0.995 or more (highest 0.99)" in (
+        result["stopped"]
+    )
+    assert "stopped after round 0. Lower --threshold" in messages[-1]
+    state = json.loads((tmp_path / "st" / "rounds.json").read_text())
+    assert state["stopped"] == result["stopped"] and len(state["rounds"]) == 1
+    messages.clear()
+    again = self_train(*args, settings=settings, echo=messages.append)  # a rerun: nothing runs
+    assert calls == ["fit 00", "classify 01"] and messages == [result["stopped"]]
+    assert again["rounds"] == result["rounds"]
+
+
 @pytest.mark.integration
 def test_self_train_stopped_in_round_2_resumes_there(tmp_path, ray_local):
     make_dataset("digits", tmp_path / "d", per_class=8, size=16)

@@ -113,12 +113,24 @@ def self_train(
     init_ray(address, dashboard=True)
     train0, val = labeled_data(config, labeled, val, join(out, "data"))
     table: list[dict[str, Any]] = state["rounds"]
+    stopped = state.get("stopped")
+    if stopped:  # a rerun of a run that stopped early
+        echo(stopped)
     for index in range(len(table), settings.rounds + 1):
-        table.append(_run_round(config, settings, index, out, train0, val, unlabeled, echo))
-        write_json(join(out, ROUNDS_FILE), {"identity": identity, "rounds": table})
+        if stopped:
+            break
+        row = _run_round(config, settings, index, out, train0, val, unlabeled, echo)
+        stopped = row.pop("stopped", None)
+        if stopped:
+            echo(stopped)
+        else:
+            table.append(row)
+        record = {"identity": identity, "rounds": table}
+        write_json(join(out, ROUNDS_FILE), {**record, "stopped": stopped} if stopped else record)
     best = max(table, key=lambda r: (r["val_accuracy"], -r["round"]))
     _publish(join(out, "rounds", f"{best['round']:02d}", "model"), join(out, "model"))
-    return {"rounds": table, "best_round": best["round"], "model_dir": join(out, "model")}
+    return {"rounds": table, "best_round": best["round"], "model_dir": join(out, "model"),
+            "stopped": stopped}  # fmt: skip
 
 
 def _run_round(
@@ -142,6 +154,8 @@ def _run_round(
         echo(f"round {index}: classifying the pool {unlabeled} with round {index - 1}'s model")
         classify(unlabeled, model, join(here, "predictions"), config.classify)
         chosen = choose_pseudo_labels(join(here, "predictions"), settings)
+        if not chosen.num_rows:  # training again on the labelled rows alone would add nothing
+            return {**row, "stopped": _no_pseudo_labels(index, here, settings)}
         row.update(_pseudo_stats(chosen, unlabeled))
         train_data = join(here, "train")
         if not is_file(join(train_data, DONE_MARKER)):
@@ -174,6 +188,19 @@ def choose_pseudo_labels(predictions: str, settings: SelfTrainSettings) -> pa.Ta
         if seen[label] <= settings.per_class_quota:
             keep.append(i)
     return table.take(pa.array(keep, type=pa.int64()))
+
+
+def _no_pseudo_labels(index: int, here: str, settings: SelfTrainSettings) -> str:
+    from raycls.fewlabel.select import read_predictions
+
+    scores = read_predictions(join(here, "predictions")).column("score")
+    highest = pa.compute.max(scores).as_py()
+    return (
+        f"round {index}: no prediction on the pool scored --threshold {settings.threshold:g} or "
+        f"more (highest {highest if highest is None else round(highest, 3)}), so there are no "
+        f"pseudo-labels to train on; stopped after round {index - 1}. Lower --threshold, or "
+        "give round 0 a better start (more --epochs, more labels, pretrained weights)"
+    )
 
 
 def _pseudo_stats(chosen: pa.Table, pool: str) -> dict[str, Any]:
