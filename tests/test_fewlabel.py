@@ -148,8 +148,9 @@ def test_self_train_stops_when_a_round_finds_no_pseudo_labels(tmp_path, monkeypa
     result = self_train(*args, settings=settings, echo=messages.append)
     assert calls == ["fit 00", "classify 01"]  # round 1 found nothing: no training on L again
     assert [r["round"] for r in result["rounds"]] == [0] and result["best_round"] == 0
-    assert "no prediction on the pool scored --threshold 0.995 or more (highest 0.99)" in (
-        result["stopped"]
+    assert (
+        "no prediction on the pool scored --threshold 0.995 or more (highest 0.99)"
+        in (result["stopped"])
     )
     assert "stopped after round 0. Lower --threshold" in messages[-1]
     state = json.loads((tmp_path / "st" / "rounds.json").read_text())
