@@ -32,6 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from raycls.config import ClassifyConfig
+
 LABELS = ["circle", "square", "triangle", "star", "cross", "ring", "bar", "dot"]
 ROW_GROUP = 1000
 
@@ -223,7 +225,8 @@ def bench_planning(work: Path, files: int, parquet: int, shard_size: int) -> dic
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--shard-size", type=int, default=25_000, help="rows per part file")
+    parser.add_argument("--shard-size", type=int, default=ClassifyConfig.shard_size,
+                        help="rows per part file (default: classify's)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds")
     parser.add_argument("--plan-files", type=int, default=1_000_000)

@@ -237,9 +237,11 @@ class ClassifyConfig:
     cpus_per_caption_actor: float = 1.0
     gpus_per_classify_actor: float = 0.0
     gpus_per_caption_actor: float = 0.0
-    # Input rows per output Parquet file, at most: a small input is cut into more, smaller
-    # shards (raycls.bulk.pipeline.MIN_SHARDS) so that it still reaches several actors.
-    shard_size: int = 1000
+    # Input rows per output Parquet file, at most (a shard: committed whole, skipped whole by a
+    # rerun; read by many tasks of a few batches, so its size does not limit parallelism). A
+    # million rows make 100 files; a small input is cut into more, smaller shards
+    # (raycls.bulk.pipeline.MIN_SHARDS) so that its results are committed as they come.
+    shard_size: int = 10_000
     max_pixels: int = DEFAULT_MAX_PIXELS
     trust_remote_code: bool = False
     # Images reach the captioner as RGB squares of this side (its processor resizes further).

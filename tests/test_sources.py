@@ -79,6 +79,29 @@ def test_split_shard_into_read_tasks():
     assert len(split_shard(files, 5)) == 1
 
 
+def test_parquet_shards_split_into_read_tasks_of_whole_row_groups(tmp_path):
+    from raycls.bulk.read import read_shards
+
+    table = pa.table({"image": [png((i, 0, 0)) for i in range(16)]})
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=3)  # 3,3,3,3,3,1 rows
+    (shard,) = plan_shards(str(tmp_path / "x.parquet"), shard_size=100)
+    assert shard.group_rows == (3, 3, 3, 3, 3, 1) and shard.num_rows == 16
+    assert Shard.from_dict(shard.to_dict()) == shard
+    tasks = split_shard(shard, 7)  # at most 7 rows each: two row groups, never a part of one
+    assert [(t["row_groups"], t["start"], t["num_rows"], t["shard_rows"]) for t in tasks] == [
+        ([0, 1], 0, 6, 16), ([2, 3], 6, 6, 16), ([4, 5], 12, 4, 16)]  # fmt: skip
+    assert [t["row_groups"] for t in split_shard(shard, 2)] == [[g] for g in range(6)]
+    rows = []
+    for task in tasks:
+        for out in read_shards(pa.table({"shard": [json.dumps(task)]}), image_column="image"):
+            rows += zip(out.column("key").to_pylist(), out.column("row").to_pylist(),
+                        out.column("shard_rows").to_pylist(), strict=True)  # fmt: skip
+    uri = str(tmp_path / "x.parquet")
+    assert rows == [(f"{uri}#{i}", i, 16) for i in range(16)]  # as one task reads the shard
+    with pytest.raises(ValueError, match="2 row counts for 3 row groups"):
+        Shard(0, "parquet", ("/x.parquet",), (0, 1, 2), 6, group_rows=(3, 3))
+
+
 def test_missing_file_becomes_error_row(tmp_path):
     (tmp_path / "a.png").write_bytes(png())
     shard = Shard(0, "files", (str(tmp_path / "a.png"), str(tmp_path / "gone.png")))

@@ -31,11 +31,10 @@ from raycls.models.predictor import ModelSpec, model_identity
 
 logger = logging.getLogger(__name__)
 
-# A small input is cut into at least this many shards (of 64 rows or more), so that it spreads
-# over the actors: a Parquet shard is read by one task (image files are also sliced into read
-# tasks), and a shard's rows are committed together. A 1,000-row Parquet file of ten row groups
-# was one shard: one actor, and every row at the end. Fixed, not read from the cluster: the
-# plan (and so a resume) depends on the input only.
+# A small input is cut into at least this many shards (of 64 rows or more): a shard's rows
+# are committed together, so one shard of a small job would show no result until every row
+# is done. Fixed, not read from the cluster: the plan (and so a resume) depends on the input
+# only.
 MIN_SHARDS = 16
 
 # Settings that change what a row holds: a rerun must match them to resume an OUT_DIR.

@@ -278,8 +278,9 @@ def _parquet_shards(
 ) -> list[Shard]:
     shards: list[Shard] = []
 
-    def emit(uri: str, groups: list[int], rows: int) -> None:
-        shards.append(Shard(len(shards), "parquet", (uri,), tuple(groups), rows))
+    def emit(uri: str, groups: list[int], sizes: list[int]) -> None:
+        shards.append(Shard(len(shards), "parquet", (uri,), tuple(groups), sum(sizes),
+                            group_rows=tuple(sizes)))  # fmt: skip
 
     metas = []
     for path in paths:
@@ -292,7 +293,7 @@ def _parquet_shards(
     target = spread_shard_size(total, shard_size, min_shards)
     for path, meta in zip(paths, metas, strict=True):
         uri = prefix + path
-        groups, rows = [], 0
+        groups, sizes, rows = [], [], 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
             if n > 2 * shard_size:
@@ -305,12 +306,13 @@ def _parquet_shards(
                     shard_size,
                 )
             if groups and rows + n > target:
-                emit(uri, groups, rows)
-                groups, rows = [], 0
+                emit(uri, groups, sizes)
+                groups, sizes, rows = [], [], 0
             groups.append(g)
+            sizes.append(n)
             rows += n
         if groups:
-            emit(uri, groups, rows)
+            emit(uri, groups, sizes)
     if not shards:
         raise ValueError(
             f"Parquet input {paths[0]!r}{' and others' if len(paths) > 1 else ''} has no rows"

@@ -19,7 +19,8 @@ class Shard:
     """What one read task covers.
 
     `paths` holds the image files of a "files" shard, or the one file of a "parquet" or "tar"
-    shard; `row_groups` the Parquet row groups; `texts` per-file text joined at planning.
+    shard; `row_groups` the Parquet row groups and `group_rows` their row counts (from the
+    footer at planning); `texts` per-file text joined at planning.
     """
 
     index: int
@@ -28,12 +29,18 @@ class Shard:
     row_groups: tuple[int, ...] = ()
     num_rows: int | None = None
     texts: tuple[str | None, ...] | None = None
+    group_rows: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"shard kind {self.kind!r} is not valid; choose one of: {KINDS}")
         if self.kind != "files" and len(self.paths) != 1:
             raise ValueError(f"a {self.kind} shard covers exactly one file, got {self.paths}")
+        if self.group_rows and len(self.group_rows) != len(self.row_groups):
+            raise ValueError(
+                f"shard {self.index}: {len(self.group_rows)} row counts for "
+                f"{len(self.row_groups)} row groups"
+            )
         if self.texts is not None and len(self.texts) != len(self.paths):
             raise ValueError(
                 f"shard {self.index}: {len(self.texts)} texts for {len(self.paths)} files"
@@ -48,6 +55,7 @@ class Shard:
             "row_groups": list(self.row_groups),
             "num_rows": self.num_rows,
             "texts": None if self.texts is None else list(self.texts),
+            "group_rows": list(self.group_rows),
         }
 
     @classmethod
@@ -60,16 +68,20 @@ class Shard:
             row_groups=tuple(int(g) for g in data.get("row_groups") or ()),
             num_rows=data.get("num_rows"),
             texts=None if texts is None else tuple(texts),
+            group_rows=tuple(int(n) for n in data.get("group_rows") or ()),
         )
 
 
 def split_shard(shard: Shard, rows: int) -> list[dict[str, Any]]:
-    """Read tasks for `shard`: a "files" shard in slices of at most `rows` files, so that
-    several actors share one shard and finish it together; other shards whole.
+    """Read tasks for `shard`: a "files" shard in slices of at most `rows` files, a Parquet
+    shard in runs of whole row groups of at most `rows` rows (a bigger row group alone), so
+    that several actors share one shard and finish it together; tar shards whole.
 
     Each task is the slice's `Shard.to_dict()` plus `start` (its first row within the shard)
     and `shard_rows` (the shard's row count; None where only reading the file tells).
     """
+    if shard.kind == "parquet" and len(shard.group_rows) > 1 and (shard.num_rows or 0) > rows:
+        return _split_row_groups(shard, rows)
     if shard.kind != "files" or len(shard.paths) <= rows:
         return [{**shard.to_dict(), "start": 0, "shard_rows": shard.num_rows}]
     n = len(shard.paths)
@@ -80,6 +92,24 @@ def split_shard(shard: Shard, rows: int) -> list[dict[str, Any]]:
         piece = Shard(shard.index, "files", shard.paths[start:stop], num_rows=stop - start,
                       texts=texts)  # fmt: skip
         tasks.append({**piece.to_dict(), "start": start, "shard_rows": n})
+    return tasks
+
+
+def _split_row_groups(shard: Shard, rows: int) -> list[dict[str, Any]]:
+    runs: list[list[tuple[int, int]]] = [[]]
+    held = 0  # rows in the last run
+    for group, n in zip(shard.row_groups, shard.group_rows, strict=True):
+        if runs[-1] and held + n > rows:
+            runs.append([])
+            held = 0
+        runs[-1].append((group, n))
+        held += n
+    tasks, start = [], 0
+    for run in runs:
+        groups, sizes = tuple(g for g, _ in run), tuple(n for _, n in run)
+        piece = Shard(shard.index, "parquet", shard.paths, groups, sum(sizes), group_rows=sizes)
+        tasks.append({**piece.to_dict(), "start": start, "shard_rows": shard.num_rows})
+        start += sum(sizes)
     return tasks
 
 
