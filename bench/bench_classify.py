@@ -40,6 +40,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from raycls.config import ClassifyConfig
+
 LABELS = ["circle", "square", "triangle", "star", "cross", "ring", "bar", "dot"]
 
 
@@ -217,7 +219,6 @@ def bench_dataloader(model_dir: str, paths: list[Path], batch_size: int, workers
 def bench_raycls(model_dir: str, folder: Path, out: Path, args: argparse.Namespace) -> dict:
     from raycls.bulk.dataset import PIECE_BATCHES
     from raycls.bulk.pipeline import classify
-    from raycls.config import ClassifyConfig
 
     config = ClassifyConfig(
         batch_size=args.batch_size,
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--classify-actors", type=int, default=None, help="default: automatic")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
-    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--shard-size", type=int, default=ClassifyConfig.shard_size)
     parser.add_argument("--workers", type=int, default=cpus, help="DataLoader workers")
     parser.add_argument("--compute-images", type=int, default=2000)
     parser.add_argument("--skip-compute", action="store_true")
