@@ -51,6 +51,17 @@ def test_split_is_deterministic_and_near_the_fraction():
     assert not np.array_equal(first, split_is_val(keys, "/data", seed=1, fraction=0.2))
 
 
+def test_data_tasks_module_imports_no_torch():
+    """Ray Data runs raycls.train.data's functions in fresh worker processes: importing
+    torch there cost each one seconds before its first row."""
+    import subprocess
+    import sys
+
+    code = "import sys, raycls.train.data\nassert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_mix_shards_keeps_every_file_with_its_text():
     paths = [f"/d/{c}/{i}.png" for c in "abc" for i in range(300)]
     shards = [Shard(0, "files", tuple(paths), num_rows=900, texts=tuple(p[3] for p in paths))]
