@@ -19,7 +19,7 @@ from raycls.config_parse import build_section, merge, parse_overrides
 
 FUSIONS = ("concat", "gated", "film", "cross_attention", "image_only", "text_only")
 POOLINGS = ("mean", "cls", "last")
-IMAGE_HEADS = ("linear", "mlp")
+IMAGE_ONLY_HEADS = ("linear", "mlp")
 TEXT_ADAPTATIONS = ("frozen", "full", "lora")
 METRICS = ("val_accuracy", "val_macro_f1")
 CROPS = ("auto", "shift", "resized", "none")
@@ -76,8 +76,8 @@ class ModelConfig:
     hidden_dim: int = 256
     # The head of image_only models: "linear" (pooled CNN features -> classes, as torchvision's
     # classifiers end) or "mlp" (LayerNorm + MLP of hidden_dim, as the fusion heads; it
-    # learnt less on photos: `bench/bench_train.py --override model.image_head=mlp`).
-    image_head: str = "linear"
+    # learnt less on photos: `bench/bench_train.py --override model.image_only_head=mlp`).
+    image_only_head: str = "linear"
     dropout: float = 0.1
     modality_dropout: float = 0.2
     # Weight of an extra loss on an image-only linear head (fused models only). Text that
@@ -98,7 +98,7 @@ class ModelConfig:
         _check_finite("model", self)
         _check_choice("model", "fusion", self.fusion, FUSIONS)
         _check_choice("model", "pooling", self.pooling, POOLINGS)
-        _check_choice("model", "image_head", self.image_head, IMAGE_HEADS)
+        _check_choice("model", "image_only_head", self.image_only_head, IMAGE_ONLY_HEADS)
         _check_choice("model", "text_adaptation", self.text_adaptation, TEXT_ADAPTATIONS)
         if self.text_encoder is None and self.fusion != "image_only":
             raise ValueError(

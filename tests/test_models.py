@@ -270,23 +270,23 @@ def test_save_load_image_only_model_without_tokenizer(tmp_path):
 def test_image_only_head_is_linear_and_format_1_models_load_with_their_mlp_head(tmp_path):
     model = _model(None, fusion="image_only")
     assert [type(m) for m in model.head.children()] == [torch.nn.Linear]
-    old = _model(None, fusion="image_only", image_head="mlp").eval()
+    old = _model(None, fusion="image_only", image_only_head="mlp").eval()
     assert {type(m) for m in old.head.children()} == {torch.nn.LayerNorm, torch.nn.Sequential}
     path = tmp_path / "old"
     save_model(old, path)
-    # As raycls wrote it before model.image_head existed: format 1, no such setting.
+    # As raycls wrote it before model.image_only_head existed: format 1, no such setting.
     meta = json.loads((path / "config.json").read_text())
-    del meta["model"]["image_head"]
+    del meta["model"]["image_only_head"]
     (path / "config.json").write_text(json.dumps({**meta, "format_version": 1}))
     loaded = load_model(path)
-    assert loaded.config.image_head == "mlp"
+    assert loaded.config.image_only_head == "mlp"
     with torch.no_grad():
         assert torch.allclose(loaded(_pixels()), old(_pixels()), atol=1e-5)
     (path / "config.json").write_text(json.dumps({**meta, "format_version": 3}))
     with pytest.raises(ValueError, match="model format 3; .* reads formats 1, 2"):
         load_model(path)
-    with pytest.raises(ValueError, match="image_head.*linear"):
-        ModelConfig(image_head="deep")
+    with pytest.raises(ValueError, match="image_only_head.*linear"):
+        ModelConfig(image_only_head="deep")
 
 
 def test_load_model_errors(bert, tmp_path):

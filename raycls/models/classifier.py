@@ -28,7 +28,7 @@ from raycls.models.weights import resolve_image_size
 
 logger = logging.getLogger(__name__)
 
-# 2: model.image_head (image-only models end in one linear layer); format 1 files still load,
+# 2: model.image_only_head (image-only models end in one linear layer); format 1 files still load,
 # their image-only models with the LayerNorm + MLP head they were saved with.
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -60,7 +60,7 @@ class FusedClassifier(nn.Module):
             config.hidden_dim,
             len(self.labels),
             config.dropout,
-            config.image_head,
+            config.image_only_head,
         )
         # Trained by train.loop when model.image_loss_weight > 0; unused at inference.
         both = backbone is not None and text is not None and config.image_loss_weight > 0
@@ -301,7 +301,7 @@ def load_model(
             f"formats {', '.join(map(str, READABLE_FORMATS))}"
         )
     if version == 1:
-        model_settings = {**model_settings, "image_head": "mlp"}
+        model_settings = {**model_settings, "image_only_head": "mlp"}
     model_settings = {**model_settings, "trust_remote_code": trust_remote_code}
     config = Config.from_dict({"model": model_settings}).model
     text_dir = meta.get("text_encoder_dir")

@@ -131,7 +131,7 @@ class CrossAttentionHead(nn.Module):
 class ImageOnlyHead(nn.Module):
     """Pooled image features -> one linear layer, as torchvision's classifiers end; text is
     ignored. `mlp=True` puts LayerNorm + MLP there instead, as the fusion heads have
-    (model.image_head=mlp; the head of image-only models saved in model format 1)."""
+    (model.image_only_head=mlp; the head of image-only models saved in model format 1)."""
 
     def __init__(
         self,
@@ -208,13 +208,13 @@ def build_fusion(
     hidden_dim: int,
     num_classes: int,
     dropout: float,
-    image_head: str = "linear",
+    image_only_head: str = "linear",
 ) -> nn.Module:
     """The head for fusion `name`; a dimension is 0 for a modality the head does not use.
-    `image_head` ("linear" or "mlp") shapes the image-only head (model.image_head)."""
+    `image_only_head` ("linear" or "mlp") shapes the image-only head (model.image_only_head)."""
     head = fusion_spec(name).head
     if head is ImageOnlyHead:
-        return head(image_dim, text_dim, hidden_dim, num_classes, dropout, image_head == "mlp")
+        return head(image_dim, text_dim, hidden_dim, num_classes, dropout, image_only_head == "mlp")
     return head(image_dim, text_dim, hidden_dim, num_classes, dropout)
 
 
