@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from raycls.io.images import IMAGE_EXTENSIONS
 from raycls.io.reading import ROW_SCHEMA, check_columns, read_shard
-from raycls.io.shards import Shard
+from raycls.io.shards import Shard, runs_of
 from raycls.io.storage import get_filesystem, is_uri, resolve_ref
 
 if TYPE_CHECKING:
@@ -277,11 +277,6 @@ def _parquet_shards(
     fs: pafs.FileSystem, paths: list[str], prefix: str, shard_size: int, min_shards: int = 1
 ) -> list[Shard]:
     shards: list[Shard] = []
-
-    def emit(uri: str, groups: list[int], sizes: list[int]) -> None:
-        shards.append(Shard(len(shards), "parquet", (uri,), tuple(groups), sum(sizes),
-                            group_rows=tuple(sizes)))  # fmt: skip
-
     metas = []
     for path in paths:
         try:
@@ -293,9 +288,8 @@ def _parquet_shards(
     target = spread_shard_size(total, shard_size, min_shards)
     for path, meta in zip(paths, metas, strict=True):
         uri = prefix + path
-        groups, sizes, rows = [], [], 0
-        for g in range(meta.num_row_groups):
-            n = meta.row_group(g).num_rows
+        sizes = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+        for g, n in enumerate(sizes):
             if n > 2 * shard_size:
                 logger.warning(
                     "%s row group %d has %d rows; shards never split row groups, so this one "
@@ -305,14 +299,9 @@ def _parquet_shards(
                     n,
                     shard_size,
                 )
-            if groups and rows + n > target:
-                emit(uri, groups, sizes)
-                groups, sizes, rows = [], [], 0
-            groups.append(g)
-            sizes.append(n)
-            rows += n
-        if groups:
-            emit(uri, groups, sizes)
+        for begin, end in runs_of(sizes, target):
+            shards.append(Shard(len(shards), "parquet", (uri,), tuple(range(begin, end)),
+                                sum(sizes[begin:end]), group_rows=sizes[begin:end]))  # fmt: skip
     if not shards:
         raise ValueError(
             f"Parquet input {paths[0]!r}{' and others' if len(paths) > 1 else ''} has no rows"

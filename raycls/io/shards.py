@@ -6,6 +6,7 @@ import here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,21 +97,28 @@ def split_shard(shard: Shard, rows: int) -> list[dict[str, Any]]:
 
 
 def _split_row_groups(shard: Shard, rows: int) -> list[dict[str, Any]]:
-    runs: list[list[tuple[int, int]]] = [[]]
-    held = 0  # rows in the last run
-    for group, n in zip(shard.row_groups, shard.group_rows, strict=True):
-        if runs[-1] and held + n > rows:
-            runs.append([])
-            held = 0
-        runs[-1].append((group, n))
-        held += n
-    tasks, start = [], 0
-    for run in runs:
-        groups, sizes = tuple(g for g, _ in run), tuple(n for _, n in run)
-        piece = Shard(shard.index, "parquet", shard.paths, groups, sum(sizes), group_rows=sizes)
+    tasks = []
+    for begin, end in runs_of(shard.group_rows, rows):
+        sizes = shard.group_rows[begin:end]
+        piece = Shard(shard.index, "parquet", shard.paths, shard.row_groups[begin:end],
+                      sum(sizes), group_rows=sizes)  # fmt: skip
+        start = sum(shard.group_rows[:begin])
         tasks.append({**piece.to_dict(), "start": start, "shard_rows": shard.num_rows})
-        start += sum(sizes)
     return tasks
+
+
+def runs_of(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """Consecutive runs [begin, end) of `sizes` adding up to at most `limit` each; an item
+    bigger than `limit` forms a run alone. How row groups become shards and read tasks."""
+    runs, begin, held = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > begin and held + n > limit:
+            runs.append((begin, i))
+            begin, held = i, 0
+        held += n
+    if len(sizes) > begin:
+        runs.append((begin, len(sizes)))
+    return runs
 
 
 def read_tasks(shards: list[Shard], rows: int, first_rows: int, first: int) -> list[dict]:
