@@ -17,7 +17,9 @@ import yaml
 
 from raycls.config_parse import build_section, merge, parse_overrides
 
-FUSIONS = ("concat", "gated", "film", "cross_attention", "image_only", "text_only")
+FUSIONS = ("auto", "concat", "gated", "film", "cross_attention", "image_only", "text_only")
+# What model.fusion=auto becomes when there is text to fuse (ModelConfig.fusion_for).
+AUTO_TEXT_FUSION = "concat"
 POOLINGS = ("mean", "cls", "last")
 IMAGE_ONLY_HEADS = ("linear", "mlp")
 TEXT_ADAPTATIONS = ("frozen", "full", "lora")
@@ -72,7 +74,10 @@ class ModelConfig:
     text_adaptation: str = "frozen"
     lora_rank: int = 8
     max_text_length: int = 64
-    fusion: str = "concat"
+    # "auto": image_only when no training example has text (or text_encoder is None), so the
+    # text encoder is not loaded for nothing; otherwise concat. Training records the head it
+    # chose in the model (`fusion_for`).
+    fusion: str = "auto"
     hidden_dim: int = 256
     # The head of image_only models: "linear" (pooled CNN features -> classes, as torchvision's
     # classifiers end) or "mlp" (LayerNorm + MLP of hidden_dim, as the fusion heads; it
@@ -100,7 +105,7 @@ class ModelConfig:
         _check_choice("model", "pooling", self.pooling, POOLINGS)
         _check_choice("model", "image_only_head", self.image_only_head, IMAGE_ONLY_HEADS)
         _check_choice("model", "text_adaptation", self.text_adaptation, TEXT_ADAPTATIONS)
-        if self.text_encoder is None and self.fusion != "image_only":
+        if self.text_encoder is None and self.fusion not in ("auto", "image_only"):
             raise ValueError(
                 f"model.fusion={self.fusion!r} needs a text encoder; set model.text_encoder to a "
                 "hub id or local directory, or use model.fusion=image_only"
@@ -113,6 +118,15 @@ class ModelConfig:
         _check_range("model", "image_loss_weight", self.image_loss_weight, 0.0)
         if self.image_size is not None:
             _check_range("model", "image_size", self.image_size, 16)
+
+    def fusion_for(self, rows_with_text: int | None = None) -> str:
+        """model.fusion, with "auto" decided: image_only without a text encoder or when no
+        training example has text (`rows_with_text` == 0; None: not known), else concat."""
+        if self.fusion != "auto":
+            return self.fusion
+        if self.text_encoder is None or rows_with_text == 0:
+            return "image_only"
+        return AUTO_TEXT_FUSION
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def test_overrides_are_typed():
         ("train.use_gpu=maybe", "expects true or false"),
         ("train.nope=1", "valid keys for 'train'"),
         ("nope.x=1", "valid sections"),
-        ("model.fusion=sum", "choose one of: concat, gated, film, cross_attention"),
+        ("model.fusion=sum", "choose one of: auto, concat, gated, film, cross_attention"),
         ("model.pooling=max", "choose one of: mean, cls, last"),
         ("train.lr=-1", "must be >= 0"),
     ],
@@ -86,7 +86,17 @@ def test_bad_config_files_are_named(tmp_path, text, message):
 
 def test_image_only_needs_no_text_encoder_but_others_do():
     with pytest.raises(ValueError, match="needs a text encoder"):
-        load_config(overrides=["model.text_encoder=none"])
+        load_config(overrides=["model.text_encoder=none", "model.fusion=concat"])
+    assert load_config(overrides=["model.text_encoder=none"]).model.fusion_for(10) == "image_only"
+
+
+def test_auto_fusion_uses_text_only_where_the_training_data_has_some():
+    model = load_config(None).model
+    assert model.fusion == "auto"
+    assert model.fusion_for(0) == "image_only"  # no training example has text
+    assert model.fusion_for(1) == "concat" and model.fusion_for(None) == "concat"
+    gated = load_config(overrides=["model.fusion=gated"]).model
+    assert gated.fusion_for(0) == "gated"  # a chosen fusion stays (the run warns instead)
 
 
 SHIPPED = sorted(

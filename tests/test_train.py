@@ -127,7 +127,8 @@ def test_bad_settings_and_missing_data_fail_before_ray_starts(
 def test_two_workers_survive_a_crash_and_count_validation_once(
     ray_local, digits, tmp_path, monkeypatch
 ):
-    """CLI run on 2 workers; rank 0 dies in epoch 2 and the run resumes from a checkpoint."""
+    """CLI run on 2 workers; rank 0 dies in epoch 2 and the run resumes from a checkpoint.
+    Default fusion (auto) on digits, which have no text: an image-only model, no text encoder."""
     from faults import CrashRankZero
 
     out, marker = tmp_path / "model", tmp_path / "crashed"
@@ -140,10 +141,6 @@ def test_two_workers_survive_a_crash_and_count_validation_once(
         str(digits / "val"),
         "--out",
         str(out),
-        "--fusion",
-        "image_only",
-        "--text-encoder",
-        "none",
         "--num-workers",
         "2",
         "--epochs",
@@ -177,6 +174,8 @@ def test_two_workers_survive_a_crash_and_count_validation_once(
 
     model = load_model(out)
     assert model.labels == [str(i) for i in range(10)]
+    assert model.config.fusion == "image_only" and model.text is None
+    assert metrics["config"]["model"]["fusion"] == "auto"  # what was asked, for reruns
 
 
 @pytest.mark.integration

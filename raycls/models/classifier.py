@@ -205,7 +205,7 @@ def _adapt(model: FusedClassifier) -> None:
 def check_model_config(config: ModelConfig) -> None:
     """Raise ValueError for settings `build_model` would refuse that can be checked cheaply
     (backbone, its weights, a local text-encoder path), before a run starts any workers."""
-    spec = fusion_spec(config.fusion)
+    spec = fusion_spec(config.fusion_for(None))
     if spec.uses_image:
         check_backbone(config.backbone, config.backbone_weights)
     if spec.uses_text and config.text_encoder:
@@ -214,9 +214,14 @@ def check_model_config(config: ModelConfig) -> None:
 
 def build_model(config: ModelConfig, labels: list[str]) -> FusedClassifier:
     """A new classifier with pretrained encoders as `config` names them."""
-    source = resolve_text_encoder(config.text_encoder) if config.text_encoder else None
-    if config.image_size is None:  # train.fit sets it from the data first
-        config = dataclasses.replace(config, image_size=resolve_image_size(config, None))
+    # train.fit decides both from the data first; without data, as ModelConfig documents.
+    config = dataclasses.replace(
+        config, fusion=config.fusion_for(None), image_size=resolve_image_size(config, None)
+    )
+    uses_text = fusion_spec(config.fusion).uses_text
+    source = (
+        resolve_text_encoder(config.text_encoder) if uses_text and config.text_encoder else None
+    )
     model = _assemble(config, labels, source, pretrained=True)
     _adapt(model)
     return model

@@ -190,7 +190,7 @@ FUSIONS: dict[str, FusionSpec] = {
 
 
 def list_fusions() -> list[str]:
-    """Names accepted as `model.fusion`."""
+    """The fusion heads; `model.fusion` also takes "auto", which picks one from the data."""
     return list(FUSIONS)
 
 

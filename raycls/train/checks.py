@@ -107,11 +107,21 @@ def check_classes(
 
 
 def check_text(config: Config, summary: dict[str, Any]) -> None:
-    """Warn when model.fusion uses text but no training example has any."""
-    if config.model.fusion != "image_only" and summary["train"]["with_text"] == 0:
+    """Log what model.fusion=auto becomes for this data (`ModelConfig.fusion_for`); warn when
+    a fusion that uses text meets training data without any."""
+    fusion = config.model.fusion_for(summary["train"]["with_text"])
+    if config.model.fusion == "auto":
+        logger.info(
+            "model.fusion=auto: %s (%d of %d training examples have text in %r)",
+            fusion,
+            summary["train"]["with_text"],
+            summary["train"]["rows"],
+            config.data.text_column,
+        )
+    elif fusion != "image_only" and summary["train"]["with_text"] == 0:
         logger.warning(
             "model.fusion=%s uses text but no training example has any (data.text_column=%r); "
-            "the text branch will learn nothing. Use --fusion image_only or add text",
-            config.model.fusion,
+            "the text branch will learn nothing. Use --fusion image_only (or auto) or add text",
+            fusion,
             config.data.text_column,
         )

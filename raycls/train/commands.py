@@ -34,7 +34,10 @@ val_option = click.option(
 @setting("--batch-size", key="train.batch_size", type=click.IntRange(min=1), help="Per worker.")
 @setting("--lr", key="train.lr", type=click.FloatRange(min=0))
 @setting(
-    "--fusion", key="model.fusion", help="concat, gated, film, cross_attention, image_only, ..."
+    "--fusion",
+    key="model.fusion",
+    help="auto (image_only when no training example has text, else concat), concat, gated, "
+    "film, cross_attention, image_only, text_only.",
 )
 @setting("--backbone", key="model.backbone", help="torchvision CNN name, e.g. resnet18.")
 @setting("--text-encoder", key="model.text_encoder", help="Hub id, local model directory, or none.")

@@ -56,7 +56,7 @@ def prepare_data(
     Without `val_data` a seeded fraction (data.val_fraction) of `train_data` is held out by a
     hash of each example's path, so a resumed run sees the same split; with it, nothing is.
     The summary says which (`held_out`). The scan of every image also sets model.image_size
-    when it is None (`resolve_image_size`).
+    when it is None (`resolve_image_size`) and logs what model.fusion=auto becomes (`check_text`).
     """
     d = config.data
     columns = {"image_column": d.image_column, "label_column": d.label_column}

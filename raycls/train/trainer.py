@@ -131,8 +131,14 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     t = config.train
-    if config.model.image_size is None:  # the size prepare_data chose from the data
+    # What prepare_data chose from the data where the settings left it open (a Tune trial's
+    # own settings, such as a searched fusion, stay as they are).
+    if config.model.image_size is None:
         config = config.replace(model={"image_size": data.image_size})
+    if config.model.fusion == "auto":
+        config = config.replace(
+            model={"fusion": config.model.fusion_for(data.summary["train"]["with_text"])}
+        )
     resources = {"CPU": t.cpus_per_worker if cpus_per_worker is None else cpus_per_worker}
     resources.update(extra_resources or {})
     if t.use_gpu:
