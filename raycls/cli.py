@@ -7,6 +7,8 @@ end of this file with one `cli.add_command(...)` line. What commands share (--co
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import sys
 
@@ -53,6 +55,11 @@ def cli(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    # Registered before anything else, so it runs after every other exit handler (Ray's
+    # shutdown among them): the interpreter's last garbage collection then skips what is
+    # still alive at exit (torch's, Ray's and transformers' modules), which it would otherwise
+    # walk once more before the process can end.
+    atexit.register(gc.freeze)
     cli.main(args=argv, prog_name="raycls", standalone_mode=True)
 
 
