@@ -104,3 +104,17 @@ def test_init_ray_without_an_address_listens_on_loopback_only():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     _check_loopback_only(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_local_ray_processes_get_the_local_settings(ray_local):
+    """Ray Train's controller and Ray Data's actors read these from their environment, which
+    a local Ray's processes inherit from the process that started it."""
+    from raycls.cluster.runtime import LOCAL_RAY_ENV
+
+    @ray_local.remote(num_cpus=0)
+    def environment(names: list[str]) -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in names}
+
+    seen = ray_local.get(environment.remote(list(LOCAL_RAY_ENV)))
+    assert seen == {name: os.environ.get(name, value) for name, value in LOCAL_RAY_ENV.items()}
+    assert seen["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"

@@ -17,11 +17,19 @@ WORKER_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
-# A local Ray's processes only: Ray Train's controller polls its workers every 2 s by default,
-# and a finished run waited for the next poll and the teardown after it; polling a local
-# run's few workers every 0.5 s costs nothing and ends `raycls train` seconds sooner
-# (bench/bench_train.py). A value already in the environment wins.
-LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# A local Ray's processes only (a value already in the environment wins):
+LOCAL_RAY_ENV = {
+    # Ray Train's controller polls its workers every 2 s by default, and a finished run waits
+    # for the next poll before its teardown; a local run has few workers to poll.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Ray Train's preemption watcher (an actor per run) follows cloud nodes being drained,
+    # which one machine has none of; it costs a process start, and its creation printed an
+    # error line about its own restart settings in every run (Ray 2.60, ray-project/ray#53727).
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train sets an option that Ray Data deprecates, and every training run printed the
+    # deprecation warning (Ray 2.60); the filter matches its first words.
+    "PYTHONWARNINGS": "ignore:`ExecutionOptions.exclude_resources` is deprecated",
+}
 
 
 def init_ray(
