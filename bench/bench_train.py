@@ -13,7 +13,9 @@ DIR holds train/ and test/ ImageFolder splits (default: /work/shared/data/cifar1
 side runs once per seed (the plain loop's torch seed; raycls's train.seed, its data order
 stays unseeded): on 5,000 photos one run's test accuracy moves by a few points from seed to
 seed, more than most differences between recipes, so the comparison is of means over seeds.
-Prints a table, then one JSON line with every figure and the ratios.
+Prints a table, then where each side's wall time goes (fixed seconds outside the epochs, the
+first epoch, a later epoch: Ray's start-up is a fixed cost, so the whole-run ratio depends on
+the number of epochs and the machine's speed), then one JSON line with every figure.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def plain_loop(data: str, epochs: int, size: int, seed: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * len(loader))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    started = time.perf_counter()
+    started, epoch_s = time.perf_counter(), []
     for _ in range(epochs):
         model.train()
         for x, y in loader:
@@ -54,9 +56,11 @@ def plain_loop(data: str, epochs: int, size: int, seed: int) -> dict:
             loss_fn(model(x), y).backward()
             opt.step()
             sched.step()
+        epoch_s.append(time.perf_counter() - started - sum(epoch_s))
     train_s = time.perf_counter() - started
     model.eval()
-    return {"train_rows": len(train), "train_s": train_s, "predict": _predictor(model, size)}
+    predict = _predictor(model, size)
+    return {"train_rows": len(train), "train_s": train_s, "epoch_s": epoch_s, "predict": predict}
 
 
 def _predictor(model, size: int):
@@ -93,8 +97,9 @@ def run_plain(args) -> dict:
     """`--plain`: the loop as its own process, printing one JSON line."""
     result = plain_loop(args.data, args.epochs, args.image_size, args.seeds[0])
     classes = sorted(p.name for p in Path(args.data, "train").iterdir() if p.is_dir())
+    started = time.perf_counter()
     accuracy = test_accuracy(result.pop("predict"), args.data, classes)
-    return {**result, "test_accuracy": accuracy}
+    return {**result, "test_accuracy": accuracy, "score_s": time.perf_counter() - started}
 
 
 def run_raycls(data: str, epochs: int, workers: int, out: str, overrides: list[str]) -> dict:
@@ -102,8 +107,7 @@ def run_raycls(data: str, epochs: int, workers: int, out: str, overrides: list[s
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     command = [
         sys.executable, "-m", "raycls", "train", f"{data}/train", "--out", out,
-        "--epochs", str(epochs), "--num-workers", str(workers),
-        "--fusion", "image_only", "--text-encoder", "none", "train.patience=100", *overrides,
+        "--epochs", str(epochs), "--num-workers", str(workers), "train.patience=100", *overrides,
     ]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -119,6 +123,8 @@ def run_raycls(data: str, epochs: int, workers: int, out: str, overrides: list[s
     rows = metrics["data"]["train"]["rows"]
     return {
         "wall_s": wall,
+        **_split_wall(wall, [h["epoch_time_s"] for h in history]),
+        "fusion": model.config.fusion,
         "train_rows": rows,
         "samples_per_s": rows * epochs / wall,
         "steady_samples_per_s": max(h["train_samples_per_s"] for h in history[1:] or history),
@@ -136,9 +142,22 @@ def _plain_process(args, seed: int) -> dict:
                "--seeds", str(seed)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     run = json.loads(done.stdout.strip().splitlines()[-1])
-    run["wall_s"] = time.perf_counter() - started
+    # Its wall time without the test scoring, which raycls's side does outside its command.
+    run["wall_s"] = time.perf_counter() - started - run["score_s"]
     run["samples_per_s"] = run["train_rows"] * args.epochs / run["wall_s"]
-    return run
+    return {**run, **_split_wall(run["wall_s"], run["epoch_s"])}
+
+
+def _split_wall(wall: float, epoch_s: list[float]) -> dict:
+    """Wall time split: fixed seconds (outside the epochs: imports, start-up, data checks, the
+    end), the first epoch (pipelines and workers warming up) and the median later epoch
+    (raycls's epochs include their validation and checkpoint)."""
+    later = sorted(epoch_s[1:] or epoch_s)
+    return {
+        "fixed_s": wall - sum(epoch_s),
+        "first_epoch_s": epoch_s[0],
+        "epoch_s_median": later[len(later) // 2],
+    }
 
 
 def _mean(runs: list[dict], key: str) -> float:
@@ -215,6 +234,14 @@ def main() -> None:
         }
     if args.override:
         print(f"* with {' '.join(args.override)}")
+    print(f"\n{'where the wall time goes':<24}{'fixed s':>9}{'first epoch s':>15}"
+          f"{'later epochs s (median)':>25}")  # fmt: skip
+    sides = ([("plain loop", plain)] if plain else []) + [
+        (f"raycls --num-workers {w}", done) for w, done in runs.items()
+    ]
+    for name, done in sides:
+        print(f"{name:<24}{_mean(done, 'fixed_s'):>9.1f}{_mean(done, 'first_epoch_s'):>15.1f}"
+              f"{_mean(done, 'epoch_s_median'):>25.2f}")  # fmt: skip
     print(json.dumps(figures))
 
 
