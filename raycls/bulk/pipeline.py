@@ -95,15 +95,21 @@ def classify(
             init_ray(address)
             warn_if_local_on_multinode(out_dir)
             pools = pool_sizes(config)
-            logger.info("classify: actor pools %s", pools)
+            described = _describe(pools, config)
+            logger.info("classify: actors per pool %s", json.dumps(described))
             run = _run(pending, spec, out, config, _key_name(shards), redo, pools)
-            run["pools"] = _describe(pools, config)
+            run["pools"] = described
         summary = _summary(out, spec, shards, done, pending, run, started)
         if run["failed"]:
             out.write_manifest({**manifest, "complete": False, "summary": summary})
             raise RuntimeError(_failed_message(run["failed"]))
         out.write_manifest({**manifest, "complete": True, "summary": summary})
-    logger.info("classify finished: %s", json.dumps(summary))
+    logger.info(
+        "classify finished: %d rows (%d errors) in %.1f s, %.1f images/s; %s holds %d rows "
+        "(%d errors)",
+        summary["rows"], summary["error"], summary["seconds"], summary["images_per_s"],
+        summary["output"], summary["total_rows"], summary["total_error"],
+    )  # fmt: skip
     return summary
 
 
