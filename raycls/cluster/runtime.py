@@ -50,9 +50,6 @@ def init_ray(
         with _loopback_kept(address):
             ray.init(address=address, logging_level=logging.WARNING)
         return address
-    # Workers of a local Ray inherit this process's environment.
-    for name, value in WORKER_ENV.items():
-        os.environ.setdefault(name, value)
     quiet_local_workers()
     start_local_ray(num_cpus=num_cpus, dashboard=dashboard)
     return "local"
@@ -68,7 +65,8 @@ def start_local_ray(*, num_cpus: int | None = None, dashboard: bool = False) -> 
     """
     import ray
 
-    for name, value in LOCAL_RAY_ENV.items():  # inherited by every process of this Ray
+    # Every process of a local Ray inherits this process's environment.
+    for name, value in {**WORKER_ENV, **LOCAL_RAY_ENV}.items():
         os.environ.setdefault(name, value)
     with _single_machine_mode():
         ray.init(

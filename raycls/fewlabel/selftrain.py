@@ -113,20 +113,18 @@ def self_train(
     init_ray(address, dashboard=True)
     train0, val = labeled_data(config, labeled, val, join(out, "data"))
     table: list[dict[str, Any]] = state["rounds"]
-    stopped = state.get("stopped")
-    if stopped:  # a rerun of a run that stopped early
-        echo(stopped)
-    for index in range(len(table), settings.rounds + 1):
-        if stopped:
-            break
+    stopped = state.get("stopped")  # a rerun of a run that stopped early runs no round
+    next_rounds = range(len(table), settings.rounds + 1) if not stopped else ()
+    for index in next_rounds:
         row = _run_round(config, settings, index, out, train0, val, unlabeled, echo)
         stopped = row.pop("stopped", None)
-        if stopped:
-            echo(stopped)
-        else:
-            table.append(row)
-        record = {"identity": identity, "rounds": table}
+        record = {"identity": identity, "rounds": table if stopped else [*table, row]}
         write_json(join(out, ROUNDS_FILE), {**record, "stopped": stopped} if stopped else record)
+        if stopped:
+            break
+        table.append(row)
+    if stopped:
+        echo(stopped)
     best = max(table, key=lambda r: (r["val_accuracy"], -r["round"]))
     _publish(join(out, "rounds", f"{best['round']:02d}", "model"), join(out, "model"))
     return {"rounds": table, "best_round": best["round"], "model_dir": join(out, "model"),
