@@ -45,7 +45,26 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Paths the system refuses: no such file, no permission, a file where a folder is needed or
+# the other way round. The user's to fix, so the message (which names the path) is enough.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)  # fmt: skip
+
+
+class RayclsGroup(click.Group):
+    """The command group: a path error any command meets ends as `Error: <message>` and exit
+    status 1, not a traceback (`raycls -v` keeps the traceback)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PATH_ERRORS as error:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            fail(error)
+
+
+@click.group(cls=RayclsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(package_name="raycls")
 def cli(verbose: bool) -> None:

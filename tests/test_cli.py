@@ -147,3 +147,79 @@ def test_self_train_pseudo_flags_reach_the_settings_only_when_given(monkeypatch,
     assert calls[1][1]["settings"] == SelfTrainSettings()
     for bad in (["--pseudo-weight", "0"], ["--pseudo-weight", "1.5"], ["--pseudo-augment", "x"]):
         assert CliRunner().invoke(cli, [*args, *bad]).exit_code == 2
+
+
+# Outputs: what --out names is checked before any work, and a file there is left as it was.
+FOLDER_OUTPUTS = [
+    ["classify", "{data}", "--model", "{data}", "--out", "{out}"],
+    ["train", "{data}", "--out", "{out}"],
+    ["evaluate", "{data}", "{data}", "--out", "{out}"],
+    ["explain", "{data}", "{data}", "--out", "{out}"],
+    ["self-train", "{data}", "--unlabeled", "{data}", "--out", "{out}"],
+    ["tune", "{data}", "--out", "{out}"],
+]
+FILE_OUTPUTS = [
+    (["report", "{data}", "--out", "{out}"], ".html or .htm"),
+    (["export", "{data}", "--format", "onnx", "--out", "{out}"], ".onnx"),
+    (["export", "{data}", "--format", "torchscript", "--out", "{out}"], ".pt or .pth"),
+    (["describe-labels", "cat,dog", "--llm", "{data}", "--out", "{out}"], ".yaml or .yml"),
+]
+
+
+def _data(tmp_path) -> str:
+    from PIL import Image
+
+    (tmp_path / "data" / "cat").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "cat" / "a.png")
+    return str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("args", FOLDER_OUTPUTS, ids=lambda a: a[0])
+def test_a_file_where_a_folder_is_written_is_refused_and_kept(tmp_path, args):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep me")
+    data = _data(tmp_path)
+    result = CliRunner().invoke(cli, [a.format(data=data, out=victim) for a in args])
+    assert result.exit_code == 1, result.output
+    assert f"{victim}' is a file; this command writes a folder there" in result.output
+    assert victim.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("args", "suffixes"), FILE_OUTPUTS, ids=lambda a: str(a))
+def test_a_file_output_must_carry_its_format_suffix(tmp_path, args, suffixes):
+    victim = tmp_path / "data.parquet"  # a mistyped --out naming the user's data
+    victim.write_bytes(b"PAR1 rows")
+    data = _data(tmp_path)
+    result = CliRunner().invoke(cli, [a.format(data=data, out=victim) for a in args])
+    assert result.exit_code == 1, result.output
+    assert f"must end in {suffixes}" in result.output
+    assert victim.read_bytes() == b"PAR1 rows"
+    folder = tmp_path / f"dir{suffixes.split()[0]}"
+    folder.mkdir()
+    result = CliRunner().invoke(cli, [a.format(data=data, out=folder) for a in args])
+    assert result.exit_code != 0  # export's click.Path says so before raycls does
+    assert any(m in result.output for m in ("is a folder; name the file", "is a directory"))
+
+
+def test_path_errors_end_as_one_line_not_a_traceback(tmp_path):
+    import logging
+
+    from raycls.cli import RayclsGroup
+
+    group = RayclsGroup()
+
+    @group.command()
+    def write() -> None:
+        (tmp_path / "file").write_text("x")
+        (tmp_path / "file" / "sub").mkdir()  # NotADirectoryError
+
+    result = CliRunner().invoke(group, ["write"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: [Errno 20] Not a directory")
+    assert isinstance(result.exception, SystemExit)
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.DEBUG)  # raycls -v: the traceback stays
+    try:
+        assert isinstance(CliRunner().invoke(group, ["write"]).exception, NotADirectoryError)
+    finally:
+        logging.getLogger().setLevel(level)

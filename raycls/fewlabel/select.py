@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from raycls.io.storage import get_filesystem
+from raycls.io.storage import check_output_file, get_filesystem
 
 STRATEGIES = ("margin", "entropy", "least-confident")
 KEY_COLUMNS = ("path", "id")  # the first column of a classify output, by input kind
@@ -96,14 +96,13 @@ def _round_robin(order: np.ndarray, labels: list[str]) -> np.ndarray:
 
 def write_selection(table: pa.Table, out: str) -> None:
     """Write the picks as .csv (top-k lists joined with '|') or .parquet, by extension."""
+    check_output_file(out, (".csv", ".parquet"))
     fs, path = get_filesystem(out)
-    if out.endswith(".parquet"):
+    if out.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
         pq.write_table(table, path, filesystem=fs)
         return
-    if not out.endswith(".csv"):
-        raise ValueError(f"--out {out!r} must end in .csv or .parquet")
     import pyarrow.csv as pcsv
 
     flat = table.set_column(

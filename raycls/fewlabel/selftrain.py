@@ -28,6 +28,7 @@ from raycls.config import PSEUDO_AUGMENTS, Config
 from raycls.fewlabel.rounddata import DONE_MARKER, ROUND_COLUMNS, labeled_data, write_round_data
 from raycls.io.reading import relative_to
 from raycls.io.storage import (
+    check_output_dir,
     copy_dir,
     get_filesystem,
     is_file,
@@ -89,6 +90,7 @@ def self_train(
 
     settings = settings or SelfTrainSettings()
     out = resolve_storage_path(out)
+    check_output_dir(out)
     for source in filter(None, (labeled, unlabeled, val)):
         require_input(source)
     for key in ROUND_COLUMNS:

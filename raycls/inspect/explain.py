@@ -29,7 +29,7 @@ from raycls.io.images import (
 from raycls.io.inputs import plan_shards
 from raycls.io.reading import read_shard
 from raycls.io.shards import Shard
-from raycls.io.storage import join, local_copy, write_bytes
+from raycls.io.storage import check_output_dir, join, local_copy, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def explain(
     from raycls.models import load_model
 
     started = time.perf_counter()
+    check_output_dir(out_dir)
     with local_copy(model_dir) as folder:
         model = load_model(folder)
     rows = sample_input(source, n, seed=seed, text_column=text_column, image_column=image_column)

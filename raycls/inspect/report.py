@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from raycls.bulk.output import MANIFEST, PART
 from raycls.inspect import page
 from raycls.inspect.fetch import fetch_images
-from raycls.io.storage import get_filesystem, join, write_bytes
+from raycls.io.storage import check_output_file, get_filesystem, join, write_bytes
 
 REPORT_FILE = "report.html"
 SCORE_BINS = 20
@@ -125,6 +125,8 @@ def _read_rows(fs, parts, refs: list[tuple[int, int]], key: str) -> dict[tuple, 
 def write_report(out_dir: str, page_path: str | None = None, thumbnails: int = 6) -> dict:
     """Write the HTML report of classify output `out_dir`; returns what it counted."""
     started = time.perf_counter()
+    if page_path is not None:
+        check_output_file(page_path, (".html", ".htm"))
     fs, base = get_filesystem(out_dir)
     base = base.rstrip("/")
     parts = _parts(fs, base)

@@ -171,6 +171,26 @@ def write_bytes(uri: str, data: bytes) -> None:
         stream.write(data)
 
 
+def check_output_dir(path: str, what: str = "--out") -> None:
+    """Refuse an output folder that is a file, before any work: it would fail at the first
+    write, after minutes of it."""
+    if is_file(path):
+        raise ValueError(f"{what} {path!r} is a file; this command writes a folder there")
+
+
+def check_output_file(path: str, suffixes: Sequence[str], what: str = "--out") -> None:
+    """Refuse an output file whose name does not end in one of `suffixes` (any case), or that
+    names a folder: a mistyped --out (a data file, a config, a system file) would otherwise be
+    overwritten with a report or a model."""
+    if not path.lower().endswith(tuple(suffixes)):
+        raise ValueError(
+            f"{what} {path!r} must end in {' or '.join(suffixes)}; this command writes that kind "
+            "of file there (and replaces a file of that name)"
+        )
+    if is_dir(path):
+        raise ValueError(f"{what} {path!r} is a folder; name the file to write")
+
+
 def read_json(uri: str) -> Any:
     """The JSON file at `uri`, parsed; None where there is none."""
     data = read_bytes(uri)

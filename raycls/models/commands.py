@@ -26,10 +26,12 @@ def describe_labels_cmd(
 
     Edit the YAML freely, then pass it to classify or evaluate as --labels.
     """
+    from raycls.io.storage import check_output_file
     from raycls.models.describe import describe_labels
     from raycls.models.labels import load_labels, save_labels
 
     try:
+        check_output_file(out_path, (".yaml", ".yml"))  # before the language model's minutes
         described = describe_labels(
             load_labels(labels), llm, per_label, seed=seed, max_new_tokens=max_new_tokens,
             trust_remote_code=trust_remote_code,

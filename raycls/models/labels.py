@@ -149,8 +149,9 @@ def load_labels(spec: str) -> LabelSet:
 
 def save_labels(labels: LabelSet, path: str) -> None:
     """Write the YAML that `load_labels` reads back (and a person can edit)."""
-    from raycls.io.storage import write_bytes
+    from raycls.io.storage import check_output_file, write_bytes
 
+    check_output_file(path, (".yaml", ".yml"))
     text = yaml.safe_dump(labels.to_dict(), sort_keys=False, allow_unicode=True, width=100)
     write_bytes(path, text.encode())
 

@@ -21,13 +21,20 @@ from typing import Any
 import torch
 
 from raycls.io.images import IMAGENET_MEAN, IMAGENET_STD
+from raycls.io.storage import check_output_file
 from raycls.models.classifier import TEXT_DIR, WEIGHTS_FILE, FusedClassifier, load_model
 from raycls.serve.graph import ExportGraph, graph_inputs
 from raycls.serve.parity import ParityError, check_parity, sample_inputs
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "safetensors-only")
+# Each format and the file names it may be written to.
+SUFFIXES = {
+    "onnx": (".onnx",),
+    "torchscript": (".pt", ".pth"),
+    "safetensors-only": (".safetensors",),
+}
+FORMATS = tuple(SUFFIXES)
 OPSET = 18  # run by onnxruntime >= 1.14 and current TensorRT/OpenVINO
 METADATA_FILE = "raycls.json"
 
@@ -51,6 +58,7 @@ def export_model(
 
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not valid; choose one of: {', '.join(FORMATS)}")
+    check_output_file(out, SUFFIXES[fmt])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with local_copy(model_dir) as folder:
         model = load_model(folder, "cpu")

@@ -23,7 +23,7 @@ from raycls.io.images import decode_batch
 from raycls.io.inputs import shard_dataset
 from raycls.io.labeled import load_labeled
 from raycls.io.reading import read_shard
-from raycls.io.storage import is_remote, join, write_bytes, write_json
+from raycls.io.storage import check_output_dir, is_remote, join, write_bytes, write_json
 from raycls.models.labels import LabelSet, load_labels
 from raycls.models.predictor import ZERO_SHOT_KINDS, load_predictor, resolve_model
 from raycls.train.metrics import (
@@ -68,6 +68,8 @@ def evaluate(
         model_kind, labels: as `raycls classify` takes them (`raycls.models.predictor`); a
             zero-shot or caption model without `labels` chooses among the data's class names.
     """
+    if out_dir is not None:
+        check_output_dir(out_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     columns = {
         "image_column": image_column,

@@ -18,6 +18,7 @@ from raycls.cluster.runtime import cluster_is_multinode, init_ray, warn_if_local
 from raycls.config import Config
 from raycls.io.inputs import require_input
 from raycls.io.storage import (
+    check_output_dir,
     join,
     read_json,
     resolve_storage_path,
@@ -54,6 +55,7 @@ def fit(
     """
     started = time.time()
     out = resolve_storage_path(out)
+    check_output_dir(out)
     finished = read_json(join(out, METRICS_FILE))
     same = finished is not None and finished.get("config") == config.to_dict()
     if same and finished.get("status") == "finished":

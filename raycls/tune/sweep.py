@@ -28,6 +28,7 @@ from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import METRICS, Config, save_config
 from raycls.io.inputs import require_input
 from raycls.io.storage import (
+    check_output_dir,
     join,
     read_json,
     resolve_storage_path,
@@ -101,6 +102,7 @@ def run_sweep(
     for data in filter(None, (train_data, val_data)):
         require_input(data)
     out = resolve_storage_path(out)
+    check_output_dir(out)
     settings = _settings(base, space, train_data, val_data, num_samples, scheduler, search)
     _check_same_sweep(out, settings)
     started = time.time()
