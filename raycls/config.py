@@ -54,6 +54,13 @@ def _check_finite(section: str, settings: Any) -> None:
             raise ValueError(f"{section}.{f.name}={value!r} must be a finite number")
 
 
+# Upper bounds of sizes that allocate with their square or product: far above any real use,
+# they stop a typo (or a model folder's config.json) from asking for terabytes.
+MAX_IMAGE_SIZE = 4096
+MAX_HIDDEN_DIM = 65536
+MAX_TEXT_LENGTH = 8192  # the longest context of common text encoders
+
+
 def _check_range(section: str, name: str, value: float, lo: float, hi: float | None = None) -> None:
     if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
@@ -110,14 +117,14 @@ class ModelConfig:
                 f"model.fusion={self.fusion!r} needs a text encoder; set model.text_encoder to a "
                 "hub id or local directory, or use model.fusion=image_only"
             )
-        _check_range("model", "max_text_length", self.max_text_length, 1)
-        _check_range("model", "hidden_dim", self.hidden_dim, 1)
+        _check_range("model", "max_text_length", self.max_text_length, 1, MAX_TEXT_LENGTH)
+        _check_range("model", "hidden_dim", self.hidden_dim, 1, MAX_HIDDEN_DIM)
         _check_range("model", "lora_rank", self.lora_rank, 1)
         _check_range("model", "dropout", self.dropout, 0.0, 1.0)
         _check_range("model", "modality_dropout", self.modality_dropout, 0.0, 1.0)
         _check_range("model", "image_loss_weight", self.image_loss_weight, 0.0)
         if self.image_size is not None:
-            _check_range("model", "image_size", self.image_size, 16)
+            _check_range("model", "image_size", self.image_size, 16, MAX_IMAGE_SIZE)
 
     def fusion_for(self, rows_with_text: int | None = None) -> str:
         """model.fusion, with "auto" decided: image_only without a text encoder or when no
@@ -273,7 +280,7 @@ class ClassifyConfig:
         _check_finite("classify", self)
         for name in ("max_new_tokens", "top_k", "batch_size", "caption_batch_size", "shard_size"):
             _check_range("classify", name, getattr(self, name), 1)
-        _check_range("classify", "caption_image_size", self.caption_image_size, 16)
+        _check_range("classify", "caption_image_size", self.caption_image_size, 16, MAX_IMAGE_SIZE)
         _check_range("classify", "max_pixels", self.max_pixels, 1)
         _check_choice("classify", "model_kind", self.model_kind, MODEL_KINDS)
         _check_range("classify", "max_file_bytes", self.max_file_bytes, 1)

@@ -289,6 +289,20 @@ def test_image_only_head_is_linear_and_format_1_models_load_with_their_mlp_head(
         ModelConfig(image_only_head="deep")
 
 
+def test_a_saved_config_asking_for_huge_sizes_is_refused_before_any_actor_loads_it(tmp_path):
+    from raycls.models.predictor import resolve_model
+
+    path = tmp_path / "m"
+    save_model(_model(None, fusion="image_only"), path)
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["image_size"] = 10**6  # one image: 12 TB of float32 pixels
+    (path / "config.json").write_text(json.dumps(meta))
+    # resolve_model runs on the driver (classify, before Ray starts); load_model in each actor.
+    for load in (resolve_model, load_model):
+        with pytest.raises(ValueError, match=r"model\.image_size=1000000 must be in \[16, 4096\]"):
+            load(str(path))
+
+
 def test_load_model_errors(bert, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "missing")

@@ -25,6 +25,9 @@ from raycls.io import storage
         ("classify.max_pixels=0", "classify.max_pixels=0 must be >= 1"),
         ("classify.cpus_per_classify_actor=.nan", "must be a finite number"),
         ("train.epochs=inf", "train.epochs expects an integer"),
+        ("model.image_size=100000", "model.image_size=100000 must be in"),
+        ("model.hidden_dim=1000000000", "model.hidden_dim=1000000000 must be in"),
+        ("classify.caption_image_size=5000", "classify.caption_image_size=5000 must be in"),
     ],
 )
 def test_non_finite_or_out_of_range_numbers_are_refused(override, message):

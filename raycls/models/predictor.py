@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from raycls.config import MODEL_FORMAT, MODEL_KINDS
+from raycls.config import MODEL_FORMAT, MODEL_KINDS, Config, ModelConfig
 from raycls.io.images import IMAGENET_MEAN, IMAGENET_STD
 from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from raycls.models.labels import LabelSet, load_labels
@@ -116,7 +116,7 @@ def resolve_model(
         config = hf.read_model_file(source, "config.json")
         kind = hf.check_kind(source, config, kind, trust_remote_code)
         if kind == "raycls":
-            image = ImageInput(int(config["model"].get("image_size", 128)))
+            image = ImageInput(_raycls_settings(source, config).image_size or 128)
         else:
             pre = hf.read_image_processor(source)
             image = ImageInput(**hf.image_settings(source, pre))
@@ -131,6 +131,16 @@ def resolve_model(
             "zero-shot and caption models only)"
         )
     return ModelSpec(source, kind, image, labels, raw_scores, trust_remote_code)
+
+
+def _raycls_settings(source: str, config: dict[str, Any]) -> ModelConfig:
+    """A raycls model's settings, checked here as in every actor that will load it: a
+    config.json with settings out of range (an image size of a million pixels a side) fails
+    before Ray starts, not in each actor."""
+    try:
+        return Config.from_dict({"model": config["model"]}).model
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{source!r}: config.json holds settings raycls refuses: {err}") from err
 
 
 def is_raycls_model(source: str) -> bool:
