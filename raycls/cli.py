@@ -57,11 +57,24 @@ class RayclsGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
-        except PATH_ERRORS as error:
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                raise
-            fail(error)
+            try:
+                return super().invoke(ctx)
+            except PATH_ERRORS as error:
+                if logging.getLogger().isEnabledFor(logging.DEBUG):
+                    raise
+                fail(error)
+        except click.ClickException:
+            _stop_ray()
+            raise
+
+
+def _stop_ray() -> None:
+    """Stop the Ray this command started before its error is printed, so that the workers' log
+    lines still on their way (an actor's traceback) come first and the error is the last line."""
+    if "ray" in sys.modules:
+        from raycls.cluster.runtime import disconnect_ray
+
+        disconnect_ray()
 
 
 @click.group(cls=RayclsGroup, context_settings={"help_option_names": ["-h", "--help"]})

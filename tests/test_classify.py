@@ -211,3 +211,31 @@ def test_txt_list_through_the_cli(ray_local, tmp_path, model_dir):
     assert "cannot read" in rows[-1]["error"] and all(len(r["top_k_labels"]) == 1 for r in rows[:5])
     again = CliRunner().invoke(cli, [*args, "classify.top_k=2"])
     assert again.exit_code != 0 and "top_k" in again.output
+
+
+def test_a_model_whose_actors_cannot_start_ends_in_one_error(ray_local, tmp_path, model_dir):
+    """Weights cut short fail on the driver, before any actor; weights of another architecture
+    pass that check and fail in every actor: one error line names the cause. (From a shell,
+    where the command starts its own Ray, that line comes last: the CLI stops its Ray before
+    printing it, so the actors' log lines come first.)"""
+    import shutil
+
+    import ray
+    from safetensors.numpy import save_file
+
+    write_images(tmp_path / "imgs", 3)
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    args = ["classify", str(tmp_path / "imgs"), "--model", str(bad), "--captioner", "none"]
+    cut = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o1")])
+    assert cut.exit_code == 1
+    assert "Error: cannot read" in cut.output and "(the model's weights)" in cut.output
+    save_file({"foo": np.zeros(3, np.float32)}, str(weights))
+    other = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o2")])
+    assert other.exit_code == 1
+    (line,) = [x for x in other.output.splitlines() if x.startswith("Error: ")]
+    assert line.startswith("Error: the classification actors could not start: ValueError: ")
+    assert "does not match the architecture in config.json" in line
+    assert ray.is_initialized()  # the session's Ray, which the command did not start, runs on

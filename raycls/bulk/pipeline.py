@@ -178,7 +178,20 @@ def _run(
     # ready (2,000 images: first rows at the driver 11.6 s in instead of 9.0 s, a task's
     # length late), which delays every shard's commit. Result blocks are small to fetch.
     batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-    return commit_results(batches, shards, out, key_name, redact(spec.source), redo)
+    from ray.exceptions import RayActorError
+
+    try:
+        return commit_results(batches, shards, out, key_name, redact(spec.source), redo)
+    except RayActorError as error:
+        if not error.actor_init_failed:
+            raise
+        # Ray's message is the actor's whole traceback; the last line names what failed.
+        cause = next((line for line in reversed(str(error).splitlines()) if line.strip()), "")
+        raise RuntimeError(
+            f"the {'captioning or classification' if config.captioner else 'classification'} "
+            f"actors could not start: {cause.strip()}; shards already committed stay, a rerun "
+            "resumes once this is fixed"
+        ) from error
 
 
 def _describe(pools: list[PoolSize], config: ClassifyConfig) -> dict[str, dict[str, Any]]:

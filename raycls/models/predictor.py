@@ -117,6 +117,7 @@ def resolve_model(
         kind = hf.check_kind(source, config, kind, trust_remote_code)
         if kind == "raycls":
             image = ImageInput(_raycls_settings(source, config).image_size or 128)
+            _check_weights(source)
         else:
             pre = hf.read_image_processor(source)
             image = ImageInput(**hf.image_settings(source, pre))
@@ -141,6 +142,24 @@ def _raycls_settings(source: str, config: dict[str, Any]) -> ModelConfig:
         return Config.from_dict({"model": config["model"]}).model
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{source!r}: config.json holds settings raycls refuses: {err}") from err
+
+
+def _check_weights(source: str) -> None:
+    """Read a local raycls model's weights header (tensor names and extents, checked against
+    the file's length) on the driver: a missing, truncated or foreign file fails before Ray
+    starts instead of in every actor. A remote model is checked where it is loaded."""
+    from safetensors import SafetensorError, safe_open
+
+    from raycls.io.storage import is_remote
+
+    if is_remote(source):
+        return
+    path = Path(source, WEIGHTS_FILE)
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"cannot read {str(path)!r} (the model's weights): {err}") from err
 
 
 def is_raycls_model(source: str) -> bool:
