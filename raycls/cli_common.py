@@ -49,9 +49,19 @@ class SettingOption(click.Option):
         if kwargs.get("default") is not None:
             raise ValueError(f"{key}: a flag for a config key has no default (the config has)")
         help_text = kwargs.pop("help", None)
-        kwargs["help"] = f"{help_text} [{key}]" if help_text else f"[{key}]"
+        default = _default_of(section, name)
+        tag = f"[{key}" + ("]" if default is None else f"; default {default}]")
+        kwargs["help"] = f"{help_text} {tag}" if help_text else tag
         super().__init__(param_decls, default=None, **kwargs)
         self.key = key
+
+
+def _default_of(section: str, name: str) -> Any:
+    """The default of config key `section.name` (None for a key without a plain default)."""
+    field = Config.__dataclass_fields__[section]
+    defaults = field.default_factory()  # type: ignore[misc]
+    value = getattr(defaults, name, None)
+    return value if isinstance(value, (bool, int, float, str)) else None
 
 
 def setting(*param_decls: str, key: str, **kwargs: Any) -> Any:

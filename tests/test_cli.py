@@ -126,6 +126,13 @@ def test_every_setting_flag_names_a_real_config_key():
     assert seen >= 20
 
 
+def test_help_shows_each_setting_flag_with_its_key_and_default():
+    help_text = " ".join(CliRunner().invoke(cli, ["classify", "--help"]).output.split())
+    assert "[classify.top_k; default 5]" in help_text
+    assert "[classify.shard_size; default 10000]" in help_text
+    assert "[classify.classify_actors] " in help_text  # None: sized from the cluster
+
+
 def test_a_setting_flag_with_a_default_is_refused():
     with pytest.raises(ValueError, match="has no default"):
         SettingOption(["--epochs"], key="train.epochs", default=5)

@@ -59,11 +59,38 @@ MODEL_HELP = (
     help="Text the input carries (alt-text); captions fill gaps.",
 )
 @setting("--id-column", key="classify.id_column", help="Parquet column used as the row id.")
-@setting("--top-k", key="classify.top_k", type=click.IntRange(min=1))
-@setting("--batch-size", key="classify.batch_size", type=click.IntRange(min=1))
-@setting("--caption-batch-size", key="classify.caption_batch_size", type=click.IntRange(min=1))
-@setting("--classify-actors", key="classify.classify_actors", type=click.IntRange(min=1))
-@setting("--caption-actors", key="classify.caption_actors", type=click.IntRange(min=1))
+@setting(
+    "--top-k",
+    key="classify.top_k",
+    type=click.IntRange(min=1),
+    help="Labels and scores kept per row (top_k_labels, top_k_scores).",
+)
+@setting(
+    "--batch-size",
+    key="classify.batch_size",
+    type=click.IntRange(min=1),
+    help="Images per forward pass of a classification actor.",
+)
+@setting(
+    "--caption-batch-size",
+    key="classify.caption_batch_size",
+    type=click.IntRange(min=1),
+    help="Images per captioning batch.",
+)
+@setting(
+    "--classify-actors",
+    key="classify.classify_actors",
+    type=click.IntRange(min=1),
+    help="A fixed pool of this many classification actors (default: as many as the "
+    "cluster's CPUs or GPUs allow when the job starts, then autoscaling).",
+)
+@setting(
+    "--caption-actors",
+    key="classify.caption_actors",
+    type=click.IntRange(min=1),
+    help="A fixed pool of this many captioning actors (default: sized from the "
+    "cluster, then autoscaling).",
+)
 @setting(
     "--cpus-per-actor",
     key="classify.cpus_per_classify_actor",

@@ -43,7 +43,12 @@ val_option = click.option(
 @setting("--text-encoder", key="model.text_encoder", help="Hub id, local model directory, or none.")
 @setting("--num-workers", key="train.num_workers", type=click.IntRange(min=1))
 @setting("--use-gpu/--no-use-gpu", key="train.use_gpu", help="One GPU per worker (NCCL, bf16).")
-@setting("--cpus-per-worker", key="train.cpus_per_worker", type=click.FloatRange(min=0))
+@setting(
+    "--cpus-per-worker",
+    key="train.cpus_per_worker",
+    type=click.FloatRange(min=0),
+    help="CPUs each worker reserves (on one machine its torch threads use every core).",
+)
 @setting("--gpus-per-worker", key="train.gpus_per_worker", type=click.FloatRange(min=0))
 @config_option
 @address_option
