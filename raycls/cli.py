@@ -56,6 +56,7 @@ class RayclsGroup(click.Group):
     status 1, not a traceback (`raycls -v` keeps the traceback)."""
 
     def invoke(self, ctx: click.Context) -> object:
+        ray_before = _ray_running()
         try:
             try:
                 return super().invoke(ctx)
@@ -64,17 +65,17 @@ class RayclsGroup(click.Group):
                     raise
                 fail(error)
         except click.ClickException:
-            _stop_ray()
+            # Stop the Ray this command started (never one it found running: a test
+            # session's, a job's) before the error is printed, so that the workers' log lines
+            # still on their way (an actor's traceback) come first and the error comes last.
+            if not ray_before and _ray_running():
+                sys.modules["ray"].shutdown()
             raise
 
 
-def _stop_ray() -> None:
-    """Stop the Ray this command started before its error is printed, so that the workers' log
-    lines still on their way (an actor's traceback) come first and the error is the last line."""
-    if "ray" in sys.modules:
-        from raycls.cluster.runtime import disconnect_ray
-
-        disconnect_ray()
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 @click.group(cls=RayclsGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -230,3 +230,32 @@ def test_path_errors_end_as_one_line_not_a_traceback(tmp_path):
         assert isinstance(CliRunner().invoke(group, ["write"]).exception, NotADirectoryError)
     finally:
         logging.getLogger().setLevel(level)
+
+
+def test_a_failing_command_stops_only_the_ray_it_started(monkeypatch):
+    import sys
+
+    from raycls.cli import RayclsGroup, fail
+
+    class FakeRay:
+        running = False
+
+        def is_initialized(self) -> bool:
+            return self.running
+
+        def shutdown(self) -> None:
+            self.running = False
+
+    ray = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    group = RayclsGroup()
+
+    @group.command()
+    def work() -> None:
+        ray.running = True  # init_ray: started here, or found running
+        fail(ValueError("bad input"))
+
+    assert CliRunner().invoke(group, ["work"]).output == "Error: bad input\n"
+    assert not ray.running  # stopped before the error was printed
+    ray.running = True  # a Ray the command found (a test session's, a job's) runs on
+    assert CliRunner().invoke(group, ["work"]).exit_code == 1 and ray.running

@@ -46,30 +46,13 @@ def init_ray(
     if ray.is_initialized():
         return "existing"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    global _CONNECTED_HERE
     if address:
         with _loopback_kept(address):
             ray.init(address=address, logging_level=logging.WARNING)
-        _CONNECTED_HERE = True
         return address
     quiet_local_workers()
     start_local_ray(num_cpus=num_cpus, dashboard=dashboard)
-    _CONNECTED_HERE = True
     return "local"
-
-
-_CONNECTED_HERE = False  # init_ray started or joined this process's Ray (not a caller)
-
-
-def disconnect_ray() -> None:
-    """Stop the local Ray that `init_ray` started (or leave the cluster it joined); a Ray that
-    the caller had initialised (a test session's, a job's) is left running."""
-    global _CONNECTED_HERE
-    import ray
-
-    if _CONNECTED_HERE and ray.is_initialized():
-        ray.shutdown()
-    _CONNECTED_HERE = False
 
 
 def start_local_ray(*, num_cpus: int | None = None, dashboard: bool = False) -> None:
