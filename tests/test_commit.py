@@ -66,3 +66,26 @@ def test_first_read_tasks_are_one_batch_so_first_results_come_sooner():
     assert spans == [(0, 0, 2, 10), (0, 2, 2, 10), (0, 4, 2, 10), (0, 6, 2, 10), (0, 8, 2, 10),
                      (1, 0, 1, 50)]  # fmt: skip
     assert [p for t in tasks[:5] for p in t["paths"]] == list(files.paths)
+
+
+def test_progress_lines_give_rows_of_the_whole_run_and_the_time_left(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import raycls.bulk.commit as commit
+
+    monkeypatch.setattr(commit, "PROGRESS_EVERY_S", -1.0)  # a line after every batch
+    shards = [Shard(i, "files", (f"/in/{i}a", f"/in/{i}b"), num_rows=2) for i in range(3)]
+    batches = [rows(0, [0, 1], 2), rows(1, [0, 1], 2), rows(2, [0, 1], 2)]
+    with caplog.at_level(logging.INFO, logger="raycls.bulk.commit"):
+        commit_results(iter(batches), shards, _out(tmp_path), "path", "m")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("classify: 1/3 shards committed, 2/6 rows, ")
+    assert lines[0].endswith(" s left") and "about" in lines[0]
+    assert lines[-1].startswith("classify: 3/3 shards committed, 6/6 rows, ")
+    assert lines[-1].endswith("images/s since the first results")  # nothing left
+    # A tar shard's rows are unknown until read: counts without a total or a time left.
+    tar = [Shard(0, "tar", ("/in/0.tar",))]
+    assert commit._expected_rows(tar, {}) is None
+    assert commit._expected_rows(shards, {1: [0]}) == 5  # a --retry-errors shard: its rows
+    assert commit._rate(100, 10.0, 7300).endswith("about 12 min 0 s left")
+    assert commit._rate(100, 10.0, 40000).endswith("about 1 h 6 min left")

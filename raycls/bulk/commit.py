@@ -45,6 +45,7 @@ def commit_results(
     redone: dict[int, int] = {}
     received: dict[int, int] = {}
     committed = 0
+    expected = _expected_rows(shards, redo)
     last_log = time.perf_counter()
     first_rows_at = None
     for batch in batches:
@@ -65,9 +66,10 @@ def commit_results(
         if time.perf_counter() - last_log > PROGRESS_EVERY_S:
             last_log = time.perf_counter()
             logger.info(
-                "classify: %d/%d shards committed, %d rows, %.1f images/s since the first results",
-                len(shards) - len(todo), len(shards), committed,
-                committed / max(last_log - first_rows_at, 1e-9),
+                "classify: %d/%d shards committed, %s rows, %s",
+                len(shards) - len(todo), len(shards),
+                f"{committed:,}" if expected is None else f"{committed:,}/{expected:,}",
+                _rate(committed, last_log - first_rows_at, expected),
             )  # fmt: skip
     if collector.in_flight:
         raise RuntimeError(f"{collector.in_flight} shards ended incomplete; rerun to resume")
@@ -77,3 +79,25 @@ def commit_results(
     arrived = sum(n for index, n in received.items() if index not in collector.failed)
     return {"counts": counts, "repeated": arrived - committed, "first_rows_at": first_rows_at,
             "failed": collector.failed, "redone": redone}  # fmt: skip
+
+
+def _expected_rows(shards: list[Shard], redo: dict[int, list[int]]) -> int | None:
+    """Rows this run commits: None while a shard's count is unknown (a tar not yet read)."""
+    if any(s.num_rows is None for s in shards if s.index not in redo):
+        return None
+    return sum(len(redo[s.index]) if s.index in redo else s.num_rows or 0 for s in shards)
+
+
+def _rate(rows: int, seconds: float, expected: int | None) -> str:
+    """'250.1 images/s since the first results', and the time left at that rate when known."""
+    rate = rows / max(seconds, 1e-9)
+    text = f"{rate:.1f} images/s since the first results"
+    if expected is None or rate <= 0 or rows >= expected:
+        return text
+    left = round((expected - rows) / rate)
+    hours, minutes, secs = left // 3600, left % 3600 // 60, left % 60
+    if hours:
+        return f"{text}, about {hours} h {minutes} min left"
+    return (
+        f"{text}, about {minutes} min {secs} s left" if minutes else f"{text}, about {secs} s left"
+    )
