@@ -159,7 +159,7 @@ def build_trainer(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
         datasets={"train": data.train, "val": data.val},
-        dataset_config=_split_val_unequally(),
+        dataset_config=_ingest_config(),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -202,17 +202,22 @@ def _run_trainer(
         ) from error
 
 
-def _split_val_unequally():
-    """Ray Train's DataConfig, except that "val" is split without dropping rows.
+def _ingest_config():
+    """Ray Train's DataConfig, except that "val" is split without dropping rows, and that one
+    worker gets each dataset whole, unsplit.
 
     `streaming_split(equal=True)` (the default) trims rows so every worker gets as many; right
     for training (DDP needs equal step counts), wrong for validation, where each example must
-    count exactly once.
+    count exactly once. A split, even into one part, runs its pipeline in a coordinator actor
+    of its own (a process to start per dataset); a lone worker runs the pipelines itself
+    (`python bench/bench_train.py` times whole runs).
     """
     from ray.train import DataConfig
 
     class SplitValUnequally(DataConfig):
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            if world_size == 1:
+                return [{name: self._whole(name, ds) for name, ds in datasets.items()}]
             rest = {k: v for k, v in datasets.items() if k != "val"}
             output = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
             if "val" in datasets:
@@ -221,6 +226,13 @@ def _split_val_unequally():
                 for i, split in enumerate(val.streaming_split(world_size, equal=False)):
                     output[i]["val"] = split
             return output
+
+        def _whole(self, name, ds):
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            return ds.iterator()
 
     return SplitValUnequally()
 
