@@ -569,3 +569,19 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(shapes, tiny_ber
         starts = (out / "trials" / trial_id / "starts.txt").read_text().splitlines()
         assert len(starts) == 1, trial_id
     assert len(list((out / "sweep").glob("*/progress.csv"))) == 3
+
+
+def test_fusion_is_not_searched_on_data_without_text(caplog):
+    """The default space's fusion variants would differ only in a text branch that never sees
+    text: dropped there (the config's fusion, auto: image_only, trains); a user's kept."""
+    import logging
+
+    from raycls.tune.sweep import fusion_for_data
+
+    space = build_search_space(None, load_config())
+    assert fusion_for_data(space, 12, searched_by_user=False) == space  # text: searched
+    with caplog.at_level(logging.INFO, logger="raycls.tune.sweep"):
+        dropped = fusion_for_data(space, 0, searched_by_user=False)
+        kept = fusion_for_data(space, 0, searched_by_user=True)
+    assert set(dropped) == set(space) - {"model.fusion"} and kept == space
+    assert "model.fusion not searched" in caplog.text and "never sees text" in caplog.text

@@ -129,6 +129,8 @@ def run_sweep(
     from raycls.train.data import prepare_data
 
     data = prepare_data(base, train_data, val_data, plan.data_cpus)
+    user_keys = build_search_space(search_space, base, use_default=False).keys()
+    space = fusion_for_data(space, data.summary["train"]["with_text"], "model.fusion" in user_keys)
     write_json(join(out, SETTINGS_FILE), settings, indent=1)
 
     tuner = _tuner(base, space, data, plan, out, num_samples, scheduler, search, metric)
@@ -137,6 +139,30 @@ def run_sweep(
     summary["elapsed_s"] = round(time.time() - started, 1)
     write_json(join(out, "summary.json"), summary, indent=1)
     return summary
+
+
+def fusion_for_data(
+    space: dict[str, Param], rows_with_text: int, searched_by_user: bool
+) -> dict[str, Param]:
+    """`space` for training data with `rows_with_text` examples that have text.
+
+    Without any, the fusion variants differ only in a text branch that never sees text: the
+    default space's `model.fusion` is dropped (trials keep the config's fusion; `auto` trains
+    image-only), a user's own is kept with a warning.
+    """
+    if rows_with_text or "model.fusion" not in space:
+        return space
+    if searched_by_user:
+        logger.warning(
+            "model.fusion is searched, but no training example has text: the variants differ "
+            "only in a text branch that never sees text"
+        )
+        return space
+    logger.info(
+        "search space: model.fusion not searched, as no training example has text (trials "
+        "use the config's model.fusion; auto: image_only)"
+    )
+    return {key: param for key, param in space.items() if key != "model.fusion"}
 
 
 def _check_choices(scheduler: str, search: str, metric: str, samples: int, epochs: int) -> None:
