@@ -159,7 +159,7 @@ def build_trainer(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
         datasets={"train": data.train, "val": data.val},
-        dataset_config=_ingest_config(),
+        dataset_config=_ingest_config(t.num_workers),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -202,7 +202,7 @@ def _run_trainer(
         ) from error
 
 
-def _ingest_config():
+def _ingest_config(num_workers: int):
     """Ray Train's DataConfig, except that "val" is split without dropping rows, and that one
     worker gets each dataset whole, unsplit.
 
@@ -214,10 +214,11 @@ def _ingest_config():
     """
     from ray.train import DataConfig
 
+    if num_workers == 1:
+        return DataConfig(datasets_to_split=[])
+
     class SplitValUnequally(DataConfig):
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-            if world_size == 1:
-                return [{name: self._whole(name, ds) for name, ds in datasets.items()}]
             rest = {k: v for k, v in datasets.items() if k != "val"}
             output = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
             if "val" in datasets:
@@ -226,13 +227,6 @@ def _ingest_config():
                 for i, split in enumerate(val.streaming_split(world_size, equal=False)):
                     output[i]["val"] = split
             return output
-
-        def _whole(self, name, ds):
-            if ds.name is None:
-                ds.set_name(name)
-            ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            return ds.iterator()
 
     return SplitValUnequally()
 
