@@ -77,6 +77,17 @@ def test_select_returns_lowest_margin_rows_first(tmp_path):
     assert pq.read_table(tmp_path / "pick.parquet").column("key").to_pylist()[0] == "b.png"
     with pytest.raises(ValueError, match="not a classify output"):
         read_predictions(str(tmp_path / "pick.parquet"))
+    # never into the output it picks from: a part file replaced, or picks read as predictions
+    parts = sorted(out.glob("*.parquet"))
+    before = [p.read_bytes() for p in parts]
+    for inside in (parts[0], out / "picks.parquet", out / "sub" / "picks.csv", out):
+        with pytest.raises(ValueError, match="inside .* which this command reads"):
+            write_selection(picked, str(inside) + ("/x.csv" if inside == out else ""), str(out))
+    (tmp_path / "link").symlink_to(out)
+    with pytest.raises(ValueError, match="inside"):
+        write_selection(picked, str(tmp_path / "link" / "p.parquet"), str(out))
+    assert sorted(out.glob("*.parquet")) == parts and [p.read_bytes() for p in parts] == before
+    write_selection(picked, str(tmp_path / "out-picks.parquet"), str(out))  # a sibling is fine
     with pytest.raises(ValueError, match="holds no classify output"):
         read_predictions(str(tmp_path / "missing"))
 

@@ -100,3 +100,21 @@ def test_file_helpers_on_local_paths(tmp_path, monkeypatch):
     assert written[-1] == "s3://b/m/config.json"
     assert sorted(written) == ["s3://b/m/config.json", "s3://b/m/model.safetensors",
                                "s3://b/m/text/config.json"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "folder", "inside"),
+    [
+        ("s3://b/out/p.parquet", "s3://b/out", True),
+        ("s3://b/out/", "s3://b/out", True),
+        ("s3://b/out/../out/x.csv", "s3://b/out/", True),
+        ("s3://b/outside.csv", "s3://b/out", False),
+        ("gs://b/out/p.csv", "s3://b/out", False),
+        ("s3://b/out/p.csv", "out", False),
+        ("out/sub/p.csv", "./out", True),
+        ("out2/p.csv", "out", False),
+    ],
+)
+def test_is_within(path, folder, inside, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.is_within(path, folder) is inside

@@ -124,7 +124,7 @@ def select_cmd(out_dir: str, n: int, strategy: str, per_class: bool, out: str) -
 
     try:
         picked = select_rows(out_dir, n, strategy, per_class)
-        write_selection(picked, out)
+        write_selection(picked, out, out_dir)
     except (ValueError, FileNotFoundError) as error:
         fail(error)
     click.echo(f"{picked.num_rows} rows ({strategy}) written to {out}")

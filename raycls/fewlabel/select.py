@@ -94,9 +94,10 @@ def _round_robin(order: np.ndarray, labels: list[str]) -> np.ndarray:
     )
 
 
-def write_selection(table: pa.Table, out: str) -> None:
-    """Write the picks as .csv (top-k lists joined with '|') or .parquet, by extension."""
-    check_output_file(out, (".csv", ".parquet"))
+def write_selection(table: pa.Table, out: str, out_dir: str | None = None) -> None:
+    """Write the picks as .csv (top-k lists joined with '|') or .parquet, by extension; never
+    inside the classify output `out_dir` they were picked from."""
+    check_output_file(out, (".csv", ".parquet"), outside=out_dir)
     fs, path = get_filesystem(out)
     if out.lower().endswith(".parquet"):
         import pyarrow.parquet as pq

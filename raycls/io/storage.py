@@ -178,10 +178,13 @@ def check_output_dir(path: str, what: str = "--out") -> None:
         raise ValueError(f"{what} {path!r} is a file; this command writes a folder there")
 
 
-def check_output_file(path: str, suffixes: Sequence[str], what: str = "--out") -> None:
+def check_output_file(
+    path: str, suffixes: Sequence[str], what: str = "--out", outside: str | None = None
+) -> None:
     """Refuse an output file whose name does not end in one of `suffixes` (any case), or that
     names a folder: a mistyped --out (a data file, a config, a system file) would otherwise be
-    overwritten with a report or a model."""
+    overwritten with a report or a model. With `outside` (a folder the command reads), refuse
+    one within it too: a file written there would replace or join what is read."""
     if not path.lower().endswith(tuple(suffixes)):
         raise ValueError(
             f"{what} {path!r} must end in {' or '.join(suffixes)}; this command writes that kind "
@@ -189,6 +192,23 @@ def check_output_file(path: str, suffixes: Sequence[str], what: str = "--out") -
         )
     if is_dir(path):
         raise ValueError(f"{what} {path!r} is a folder; name the file to write")
+    if outside is not None and is_within(path, outside):
+        raise ValueError(
+            f"{what} {path!r} is inside {outside!r}, which this command reads; write it elsewhere"
+        )
+
+
+def is_within(path: str, folder: str) -> bool:
+    """True when `path` is `folder` or lies inside it: local paths compared with links resolved,
+    URIs (same scheme and bucket) by their keys."""
+    if is_remote(path) or is_remote(folder):
+        if not (is_remote(path) and is_remote(folder)):
+            return False
+        a, b = (posixpath.normpath(u.partition("://")[2]) for u in (path, folder))
+        same_scheme = _scheme(path) == _scheme(folder)
+        return same_scheme and (a == b or a.startswith(b.rstrip("/") + "/"))
+    a, b = (os.path.realpath(_local_path(p)) for p in (path, folder))
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
 def read_json(uri: str) -> Any:
