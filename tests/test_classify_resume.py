@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from helpers import make_model, read_output, write_images
+from helpers import image_bytes, make_model, read_output, write_images
 
 from raycls.bulk.output import MANIFEST
 from raycls.config import ClassifyConfig
@@ -101,3 +103,21 @@ def test_sigkill_mid_run_then_resume(ray_local, tmp_path, model_dir):
     after = _stamps(out)
     assert {k: after[k] for k in committed} == committed
     _exactly_once(out, images)
+
+
+def test_out_inside_a_parquet_input_is_left_out_of_it_on_reruns(ray_local, tmp_path, model_dir):
+    from raycls.bulk.pipeline import classify
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"image": [image_bytes(i) for i in range(6)]}), data / "a.parquet")
+    config = ClassifyConfig(shard_size=3, batch_size=4)
+    first = classify(str(data), model_dir, str(data / "out"), config)
+    assert first["rows"] == 6
+    # the rerun and a run into another folder list `data` again: out/ holds results, not inputs
+    again = classify(str(data), model_dir, str(data / "out"), config)
+    assert (again["shards_skipped"], again["rows"]) == (first["shards_done"], 0)
+    other = classify(str(data), model_dir, str(tmp_path / "other"), config)
+    assert other["rows"] == 6 and read_output(tmp_path / "other").num_rows == 6
+    with pytest.raises(ValueError, match="is the input folder itself"):
+        classify(str(data), model_dir, f"{data}/../data/", config)

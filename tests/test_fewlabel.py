@@ -132,6 +132,9 @@ def test_pseudo_settings_are_checked_and_part_of_the_run_identity(tmp_path, monk
     weighted = load_config(None, data={"weight_column": "w"})
     with pytest.raises(ValueError, match="self-train sets data.weight_column itself"):
         self_train(weighted, *args, settings=old)
+    for inside in ("pool/st", "labeled/st"):  # its rounds' files would be read as input
+        with pytest.raises(ValueError, match="is inside the input"):
+            self_train(config, *args[:2], str(tmp_path / inside), settings=old)
 
 
 def test_self_train_stops_when_a_round_finds_no_pseudo_labels(tmp_path, monkeypatch):

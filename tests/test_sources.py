@@ -123,6 +123,23 @@ def test_txt_list(tmp_path, folder):
     assert [r["error"] is None for r in rows] == [True, True, False]
 
 
+def test_classify_output_folders_are_left_out_of_a_listing(tmp_path, caplog):
+    pq.write_table(pa.table({"image": [png()] * 2}), tmp_path / "a.parquet")
+    for out in (tmp_path / "out", tmp_path / "x" / "preds"):
+        out.mkdir(parents=True)
+        pq.write_table(pa.table({"label": ["a"]}), out / "part-000000.parquet")
+        (out / "_manifest.json").write_text("{}")
+    (tmp_path / "x" / "b.parquet").write_bytes((tmp_path / "a.parquet").read_bytes())
+    shards = plan_shards(str(tmp_path))
+    assert sorted(Path(s.paths[0]).relative_to(tmp_path) for s in shards) == [
+        Path("a.parquet"),
+        Path("x/b.parquet"),
+    ]
+    assert "leaving 2 classify output folder(s)" in caplog.text
+    # a classify output named as the input itself is listed (and then refused by its columns)
+    assert len(plan_shards(str(tmp_path / "out"))) == 1
+
+
 def test_parquet_with_id_and_text(tmp_path):
     table = pa.table(
         {

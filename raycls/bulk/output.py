@@ -20,12 +20,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raycls.bulk.schema import result_schema  # noqa: F401 (re-exported)
+from raycls.io.inputs import OUTPUT_MARKER
 from raycls.io.storage import get_filesystem, is_remote, redact, to_json
 from raycls.models.files import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "_manifest.json"
+MANIFEST = OUTPUT_MARKER  # input listings leave folders holding one out
 PART = re.compile(r"^part-(\d{6})\.parquet$")
 
 

@@ -26,7 +26,7 @@ from raycls.cluster.runtime import warn_if_local_on_multinode
 from raycls.config import ClassifyConfig
 from raycls.io.inputs import check_parquet_columns, plan_shards
 from raycls.io.shards import Shard
-from raycls.io.storage import check_output_dir, get_filesystem, is_remote, redact
+from raycls.io.storage import check_output_dir, get_filesystem, is_remote, is_within, redact
 from raycls.models.predictor import ModelSpec, model_identity
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,11 @@ def classify(
         raise ValueError("--retry-errors keeps the results of OUT_DIR; drop --overwrite")
     started = time.perf_counter()
     check_output_dir(out_dir)
+    if is_within(out_dir, input) and is_within(input, out_dir):
+        raise ValueError(
+            f"--out {redact(out_dir)!r} is the input folder itself; write the results to another "
+            "folder (a sub-folder of the input is fine: reruns leave it out of the input)"
+        )
     spec = model_spec(model_dir, config)  # a wrong model or labels fail before Ray starts
     shards = plan_shards(
         input, config.shard_size, text_column=config.text_column, min_shards=MIN_SHARDS

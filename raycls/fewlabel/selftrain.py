@@ -32,8 +32,10 @@ from raycls.io.storage import (
     copy_dir,
     get_filesystem,
     is_file,
+    is_within,
     join,
     read_json,
+    redact,
     resolve_storage_path,
     write_json,
 )
@@ -93,6 +95,11 @@ def self_train(
     check_output_dir(out)
     for source in filter(None, (labeled, unlabeled, val)):
         require_input(source)
+        if is_within(out, source):
+            raise ValueError(
+                f"--out {redact(out)!r} is inside the input {redact(source)!r}; later rounds "
+                "would read the run's own files as input: choose a folder outside it"
+            )
     for key in ROUND_COLUMNS:
         if getattr(config.data, key) is not None:
             raise ValueError(

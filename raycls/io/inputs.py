@@ -43,6 +43,8 @@ LIST_EXTENSIONS = (".txt", ".lst")
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 TAR_EXTENSIONS = (".tar",)
 METADATA_FILE = "metadata.parquet"
+# The file that marks a classify output folder (raycls.bulk.output.MANIFEST).
+OUTPUT_MARKER = "_manifest.json"
 # The smallest shard `min_shards` cuts a small input into: about one classify batch.
 MIN_SHARD_ROWS = 64
 LOOKED_FOR = (
@@ -73,7 +75,9 @@ def plan_shards(
     relative `path`); otherwise its Parquet or .tar files. Parquet shards are whole row groups;
     a tar file is one shard. Names starting with "." are skipped. With `min_shards`, a small
     input is cut into that many shards of at least MIN_SHARD_ROWS rows (`spread_shard_size`),
-    so that it still reaches several actors; the plan depends on the input alone.
+    so that it still reaches several actors; the plan depends on the input alone. Sub-folders
+    that hold a classify output (a `_manifest.json` file) are left out: they hold results, not
+    inputs (an `--out` inside the input folder, read again by a rerun).
     """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size} must be >= 1")
@@ -170,9 +174,22 @@ def _list_folder(fs: pafs.FileSystem, base: str) -> dict[str, list[str]]:
     else:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
         paths = [i.path for i in infos if i.type == pafs.FileType.File]
+    root = base.rstrip("/")
+    outputs = sorted(
+        posixpath.dirname(p) + "/"
+        for p in paths
+        if posixpath.basename(p) == OUTPUT_MARKER and posixpath.dirname(p) != root
+    )
+    if outputs:
+        logger.warning(
+            "leaving %d classify output folder(s) under %s out of the input: %s",
+            len(outputs), base, ", ".join(o[len(root) + 1 : -1] for o in outputs[:5]),
+        )  # fmt: skip
     for path in paths:
-        rel = path[len(base.rstrip("/")) + 1 :]
+        rel = path[len(root) + 1 :]
         if any(p.startswith(".") for p in rel.split("/")):
+            continue
+        if outputs and path.startswith(tuple(outputs)):
             continue
         ext, name = _ext(path), posixpath.basename(path)
         if ext in IMAGE_EXTENSIONS:
