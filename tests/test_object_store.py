@@ -209,3 +209,25 @@ def test_storage_helpers_on_the_bucket(s3, tmp_path):
     with storage.local_copy(str(tmp_path / "m")) as folder:
         assert folder == str(tmp_path / "m")  # a local folder is used in place, and kept
     assert (tmp_path / "m" / "sub" / "a.bin").exists()
+
+
+def test_copies_from_a_bucket_never_write_outside_their_folder(s3, tmp_path, monkeypatch):
+    """A key like m/bert/../../m/bert/config.json lists under m/bert, its GET resolves to an
+    object that exists, and a copy following its name wrote outside the target folder."""
+    import boto3
+
+    from raycls.io import storage
+
+    bucket = s3.removeprefix("s3://")
+    client = boto3.client("s3")
+    for key in ("hostile/config.json", "hostile/bert/config.json",
+                "hostile/bert/../../hostile/bert/config.json"):  # fmt: skip
+        client.put_object(Bucket=bucket, Key=key, Body=b"{}")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(ValueError, match=r"holds a file named 'bert/\.\./\.\./hostile/bert/"):
+        with storage.local_copy(f"{s3}/hostile", only=("config.json", "bert")):
+            pass
+    with pytest.raises(ValueError, match="which a copy would write outside its folder"):
+        storage.copy_dir(f"{s3}/hostile", str(tmp_path / "dst" / "model"))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []

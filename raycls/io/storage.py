@@ -8,6 +8,7 @@ import math
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ _SECRET_QUERY = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "***"
+COPY_CHUNK = 8 << 20  # bytes read at a time when copying a file out of an object store
 
 
 def redact(text: str) -> str:
@@ -256,6 +258,30 @@ def append_text(uri: str, text: str) -> None:
     write_bytes(uri, (read_bytes(uri) or b"") + text.encode())
 
 
+def listed_files(fs: pyarrow.fs.FileSystem, root: str, shown: str | None = None) -> list[str]:
+    """The names ("/"-separated, relative to `root`) of every file under `root`, sorted.
+
+    An object store takes any key: one named `m/bert/../../../etc/x` lists under `m/bert` and,
+    copied to a local folder, would be written outside it. A name with an empty, "." or ".."
+    part is refused (ValueError naming it and `shown`, the folder as the user gave it), so no
+    copy ever leaves its target.
+    """
+    import pyarrow.fs
+
+    root = root.rstrip("/")
+    names = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+        if info.is_file:
+            name = info.path[len(root) + 1 :]
+            if any(part in ("", ".", "..") for part in name.split("/")):
+                raise ValueError(
+                    f"{redact(shown or root)!r} holds a file named {name!r}, which a copy would "
+                    "write outside its folder; refusing to copy from there"
+                )
+            names.append(name)
+    return sorted(names)
+
+
 def copy_dir(source: str, target: str, last: str | None = None, skip: tuple[str, ...] = ()) -> None:
     """Copy every file under `source` to `target` (local paths or URIs), `last` last, except
     what lies under the top-level names in `skip`.
@@ -263,20 +289,13 @@ def copy_dir(source: str, target: str, last: str | None = None, skip: tuple[str,
     Object stores have no rename: a reader that finds `last` (a model's config.json) finds
     every other file too.
     """
-    import pyarrow.fs
-
     src_fs, src = get_filesystem(source)
     src = src.rstrip("/")
-    selector = pyarrow.fs.FileSelector(src, recursive=True)
-    files = sorted(
-        i.path
-        for i in src_fs.get_file_info(selector)
-        if i.is_file and i.path[len(src) + 1 :].split("/", 1)[0] not in skip
-    )
-    files.sort(key=lambda p: p == f"{src}/{last}")
-    for path in files:
-        with src_fs.open_input_stream(path) as stream:
-            write_bytes(join(target, path[len(src) + 1 :]), stream.read())
+    names = [n for n in listed_files(src_fs, src, source) if n.split("/", 1)[0] not in skip]
+    names.sort(key=lambda n: n == last)
+    for name in names:
+        with src_fs.open_input_stream(f"{src}/{name}") as stream:
+            write_bytes(join(target, name), stream.read())
 
 
 @contextmanager
@@ -292,19 +311,14 @@ def local_copy(uri: str, only: Sequence[str] | None = None) -> Iterator[str]:
     if not is_remote(uri):
         yield uri
         return
-    import pyarrow.fs
-
     fs, path = get_filesystem(uri)
     path = path.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="raycls-model-") as local:
-        if only is None:
-            pyarrow.fs.copy_files(path, local, source_filesystem=fs)
-        for name in only or ():
-            kind = fs.get_file_info(f"{path}/{name}").type
-            if kind == pyarrow.fs.FileType.Directory:
-                os.makedirs(os.path.join(local, name))
-            if kind != pyarrow.fs.FileType.NotFound:
-                target = os.path.join(local, name)
-                pyarrow.fs.copy_files(f"{path}/{name}", target, source_filesystem=fs)
+        for name in listed_files(fs, path, uri):
+            if only is None or name.split("/", 1)[0] in only:
+                target = os.path.join(local, *name.split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, COPY_CHUNK)
         logger.info("copied %s to %s", uri, local)
         yield local
