@@ -28,8 +28,9 @@ class ExportGraph(nn.Module):
 
     def __init__(self, model: FusedClassifier) -> None:
         super().__init__()
-        self.model = model.eval()
+        self.model = model
         self.inputs = graph_inputs(model)
+        self.eval()  # the wrapper too: exporters warn about (and trace) a module in training mode
 
     def forward(
         self,
