@@ -110,6 +110,15 @@ def test_missing_file_becomes_error_row(tmp_path):
     assert "gone.png" in rows[1]["error"]
 
 
+def test_a_listed_pipe_or_device_becomes_an_error_row_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would wait for a writer forever
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{tmp_path / 'pipe.jpg'}\n/dev/zero\n")
+    rows = read_shard(plan_shards(str(listed))[0]).to_pylist()
+    assert [r["image"] for r in rows] == [None, None]
+    assert all("is not a regular file" in r["error"] for r in rows)
+
+
 def test_txt_list(tmp_path, folder):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# images\nimgs/cat/1.png\n\n{folder / 'dog/0.png'}\nimgs/missing.png\n")

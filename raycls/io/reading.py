@@ -7,6 +7,7 @@ Paths are plain local paths or URIs (s3://, gs://, file://) resolved through pya
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from raycls.config import DEFAULT_MAX_FILE_BYTES
 from raycls.io.retry import TransientReadError, with_retries
 from raycls.io.shards import Shard
-from raycls.io.storage import get_filesystem, is_uri, resolve_ref
+from raycls.io.storage import get_filesystem, is_remote, is_uri, resolve_ref
 from raycls.io.tars import iter_tar
 from raycls.io.training_columns import (
     TRAINING_COLUMNS,
@@ -66,6 +67,9 @@ def _try_read(uri: str, max_file_bytes: int) -> tuple[bytes | None, str | None]:
 
     def read() -> tuple[bytes | None, str | None]:
         fs, path = get_filesystem(uri)
+        if not is_remote(uri) and not stat.S_ISREG(os.stat(path).st_mode):
+            # a FIFO (named in a list) would block the read forever; a device reads as empty
+            return None, f"{uri} is not a regular file (a pipe, socket or device)"
         with fs.open_input_file(path) as f:
             size = f.size()
             if size > max_file_bytes:
