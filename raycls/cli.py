@@ -51,9 +51,16 @@ PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirect
                PermissionError)  # fmt: skip
 
 
+INTERRUPTED = (
+    "Interrupted. What was written stays: rerun the same command to resume (classify keeps "
+    "its committed shards; train, tune and self-train resume from their last checkpoints)."
+)
+
+
 class RayclsGroup(click.Group):
     """The command group: a path error any command meets ends as `Error: <message>` and exit
-    status 1, not a traceback (`raycls -v` keeps the traceback)."""
+    status 1, not a traceback (`raycls -v` keeps the traceback); Ctrl-C ends with a line on
+    resuming and exit status 130."""
 
     def invoke(self, ctx: click.Context) -> object:
         ray_before = _ray_running()
@@ -64,12 +71,15 @@ class RayclsGroup(click.Group):
                 if logging.getLogger().isEnabledFor(logging.DEBUG):
                     raise
                 fail(error)
-        except click.ClickException:
+        except (click.ClickException, KeyboardInterrupt) as error:
             # Stop the Ray this command started (never one it found running: a test
             # session's, a job's) before the error is printed, so that the workers' log lines
             # still on their way (an actor's traceback) come first and the error comes last.
             if not ray_before and _ray_running():
                 sys.modules["ray"].shutdown()
+            if isinstance(error, KeyboardInterrupt):
+                click.echo(INTERRUPTED, err=True)
+                raise click.exceptions.Exit(130) from None
             raise
 
 

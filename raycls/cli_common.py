@@ -18,10 +18,24 @@ OVERRIDES_HELP = "Settings as section.key=value (e.g. train.lr=3e-4 model.hidden
 
 
 def fail(error: Exception) -> NoReturn:
-    """A library error as a CLI error: its message, exit status 1, no traceback."""
+    """A library error as a CLI error: its message, exit status 1, no traceback. An error met
+    while a Ctrl-C unwound the work (a lock released twice inside Ray) is the interrupt."""
     from raycls.io.storage import redact
 
+    if _during_interrupt(error):
+        raise KeyboardInterrupt from error
     raise click.ClickException(redact(str(error))) from error
+
+
+def _during_interrupt(error: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 address_option = click.option(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -259,3 +260,41 @@ def test_a_failing_command_stops_only_the_ray_it_started(monkeypatch):
     assert not ray.running  # stopped before the error was printed
     ray.running = True  # a Ray the command found (a test session's, a job's) runs on
     assert CliRunner().invoke(group, ["work"]).exit_code == 1 and ray.running
+
+
+def test_ctrl_c_ends_with_how_to_resume_and_status_130(monkeypatch):
+    import sys
+
+    from raycls.cli import INTERRUPTED, RayclsGroup, fail
+
+    class FakeRay:
+        running = False
+
+        def is_initialized(self) -> bool:
+            return self.running
+
+        def shutdown(self) -> None:
+            self.running = False
+
+    ray = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    group = RayclsGroup()
+
+    @group.command()
+    @click.argument("how")
+    def work(how: str) -> None:
+        ray.running = True
+        if how == "plain":
+            raise KeyboardInterrupt
+        try:  # an error raised while the interrupt unwound (Ray released a lock twice)
+            try:
+                raise KeyboardInterrupt
+            finally:
+                raise RuntimeError("release unlocked lock")
+        except RuntimeError as error:
+            fail(error)
+
+    for how in ("plain", "during"):
+        result = CliRunner().invoke(group, ["work", how])
+        assert (result.exit_code, result.output) == (130, INTERRUPTED + "\n")
+        assert not ray.running
