@@ -298,3 +298,41 @@ def test_ctrl_c_ends_with_how_to_resume_and_status_130(monkeypatch):
         result = CliRunner().invoke(group, ["work", how])
         assert (result.exit_code, result.output) == (130, INTERRUPTED + "\n")
         assert not ray.running
+
+
+def test_ctrl_c_inside_ray_train_and_tune_becomes_a_keyboard_interrupt():
+    """Ray Train's fit turns Ctrl-C into SystemExit(1) and leaves its handler installed; Tune's
+    returns the unfinished sweep as if done and puts back the handler it found."""
+    import os
+    import signal
+
+    from raycls.train.trainer import _ctrl_c_interrupts as train_guard
+    from raycls.tune.sweep import _ctrl_c_interrupts as tune_guard
+
+    default = signal.getsignal(signal.SIGINT)
+
+    def stale(signum, frame):  # what Ray Train leaves behind
+        raise AssertionError("never called")
+
+    with pytest.raises(KeyboardInterrupt):
+        with train_guard():
+            signal.signal(signal.SIGINT, stale)
+            raise SystemExit(1)
+    assert signal.getsignal(signal.SIGINT) is default
+    with train_guard():
+        signal.signal(signal.SIGINT, stale)
+    assert signal.getsignal(signal.SIGINT) is default
+
+    def tune_fit(interrupted: bool) -> None:
+        found = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, lambda *a: signal.signal(signal.SIGINT, found))
+        if interrupted:
+            os.kill(os.getpid(), signal.SIGINT)  # handled: Tune saves and returns normally
+
+    with tune_guard():
+        tune_fit(interrupted=False)
+    assert signal.getsignal(signal.SIGINT) is default
+    with pytest.raises(KeyboardInterrupt):
+        with tune_guard():
+            tune_fit(interrupted=True)
+    assert signal.getsignal(signal.SIGINT) is default
