@@ -233,22 +233,30 @@ def test_path_errors_end_as_one_line_not_a_traceback(tmp_path):
         logging.getLogger().setLevel(level)
 
 
-def test_a_failing_command_stops_only_the_ray_it_started(monkeypatch):
+class FakeRay:
+    """`ray` as the CLI sees it: whether it runs, and shutdown."""
+
+    running = False
+
+    def is_initialized(self) -> bool:
+        return self.running
+
+    def shutdown(self) -> None:
+        self.running = False
+
+
+@pytest.fixture
+def ray(monkeypatch) -> FakeRay:
     import sys
 
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    return fake
+
+
+def test_a_failing_command_stops_only_the_ray_it_started(ray):
     from raycls.cli import RayclsGroup, fail
 
-    class FakeRay:
-        running = False
-
-        def is_initialized(self) -> bool:
-            return self.running
-
-        def shutdown(self) -> None:
-            self.running = False
-
-    ray = FakeRay()
-    monkeypatch.setitem(sys.modules, "ray", ray)
     group = RayclsGroup()
 
     @group.command()
@@ -262,22 +270,9 @@ def test_a_failing_command_stops_only_the_ray_it_started(monkeypatch):
     assert CliRunner().invoke(group, ["work"]).exit_code == 1 and ray.running
 
 
-def test_ctrl_c_ends_with_how_to_resume_and_status_130(monkeypatch):
-    import sys
-
+def test_ctrl_c_ends_with_how_to_resume_and_status_130(ray):
     from raycls.cli import INTERRUPTED, RayclsGroup, fail
 
-    class FakeRay:
-        running = False
-
-        def is_initialized(self) -> bool:
-            return self.running
-
-        def shutdown(self) -> None:
-            self.running = False
-
-    ray = FakeRay()
-    monkeypatch.setitem(sys.modules, "ray", ray)
     group = RayclsGroup()
 
     @group.command()
