@@ -301,8 +301,9 @@ def test_ctrl_c_inside_ray_train_and_tune_becomes_a_keyboard_interrupt():
     import os
     import signal
 
-    from raycls.train.trainer import _ctrl_c_interrupts as train_guard
-    from raycls.tune.sweep import _ctrl_c_interrupts as tune_guard
+    from raycls.cluster.runtime import ctrl_c_interrupts
+
+    train_guard = tune_guard = ctrl_c_interrupts  # one guard around both fits
 
     default = signal.getsignal(signal.SIGINT)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 from raycls.cluster.console import quiet_driver, quiet_local_workers
 from raycls.io.storage import is_remote, is_uri
@@ -140,6 +143,36 @@ def _quiet_ray_data_console() -> None:
         if isinstance(handler, logging.StreamHandler):  # the console, not the session file
             handler.setLevel(max(handler.level, logging.WARNING))
     quiet_driver(logging.getLogger("ray.data"))
+
+
+@contextlib.contextmanager
+def ctrl_c_interrupts() -> Iterator[None]:
+    """Ctrl-C during a Ray Train or Tune `fit()` as a KeyboardInterrupt; the SIGINT handler
+    found before is put back after it.
+
+    Both install a SIGINT handler of their own in the main thread (Ray 2.60) and leave it
+    installed. Ray Train's aborts the run from inside the wait for it, which then ends in
+    SystemExit(1) with no word (and, its controller gone, a later Ctrl-C exits with status 0).
+    Tune's saves the sweep and returns the unfinished sweep as if it were done; it puts back
+    the handler it found, so finding this one installed again tells an interrupt apart.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Tune trials: neither installs a handler there
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+        if signal.getsignal(signal.SIGINT) is interrupt:
+            raise KeyboardInterrupt
+    except SystemExit as error:
+        raise KeyboardInterrupt from error
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cluster_is_multinode() -> bool:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from raycls.cluster.runtime import cluster_is_multinode, init_ray, warn_if_local_on_multinode
+from raycls.cluster.runtime import (
+    cluster_is_multinode,
+    ctrl_c_interrupts,
+    init_ray,
+    warn_if_local_on_multinode,
+)
 from raycls.config import Config
 from raycls.io.inputs import require_input
 from raycls.io.storage import (
@@ -198,33 +199,13 @@ def _run_trainer(
         torch_threads=threads,
     )
     try:
-        with _ctrl_c_interrupts():
+        with ctrl_c_interrupts():
             return trainer.fit()
     except TrainingFailedError as error:
         raise RuntimeError(
             f"training failed: {error}\nRerun the same command (same --out) to resume from the "
             "last checkpoint once the cause is fixed"
         ) from error
-
-
-@contextmanager
-def _ctrl_c_interrupts() -> Iterator[None]:
-    """Ctrl-C during `fit()` as a KeyboardInterrupt, and the SIGINT handler put back after it.
-
-    Ray Train's fit (Ray 2.60, main thread) installs a SIGINT handler that aborts the run from
-    inside the wait for it, which then ends in SystemExit(1) with no word; the handler stays
-    installed after fit and, with its controller gone, makes a later Ctrl-C exit with status 0.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Tune trials: no handler is installed there
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    except SystemExit as error:
-        raise KeyboardInterrupt from error
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _ingest_config(num_workers: int):

@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from raycls.cluster.runtime import warn_if_local_on_multinode
+from raycls.cluster.runtime import ctrl_c_interrupts, warn_if_local_on_multinode
 from raycls.config import METRICS, Config, save_config
 from raycls.io.inputs import require_input
 from raycls.io.storage import (
@@ -138,37 +134,12 @@ def run_sweep(
     write_json(join(out, SETTINGS_FILE), settings, indent=1)
 
     tuner = _tuner(base, space, data, plan, out, num_samples, scheduler, search, metric)
-    with _ctrl_c_interrupts():
+    with ctrl_c_interrupts():
         grid = tuner.fit()
     summary = export_results(grid, base, space, out, metric, epochs)
     summary["elapsed_s"] = round(time.time() - started, 1)
     write_json(join(out, "summary.json"), summary, indent=1)
     return summary
-
-
-@contextmanager
-def _ctrl_c_interrupts() -> Iterator[None]:
-    """Ctrl-C during a sweep as a KeyboardInterrupt, once Tune has saved the sweep's state.
-
-    Tune's fit catches the first SIGINT, saves the experiment and returns the unfinished sweep
-    as if it were done; its handler puts back the one it found, and stays installed after a
-    sweep that was not interrupted: which handler is left tells the two apart.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield
-        if signal.getsignal(signal.SIGINT) is interrupt:
-            raise KeyboardInterrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def fusion_for_data(
