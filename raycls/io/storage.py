@@ -258,8 +258,11 @@ def append_text(uri: str, text: str) -> None:
     write_bytes(uri, (read_bytes(uri) or b"") + text.encode())
 
 
-def listed_files(fs: pyarrow.fs.FileSystem, root: str, shown: str | None = None) -> list[str]:
-    """The names ("/"-separated, relative to `root`) of every file under `root`, sorted.
+def listed_files(
+    fs: pyarrow.fs.FileSystem, root: str, shown: str | None = None, under: str = ""
+) -> list[str]:
+    """The names ("/"-separated, relative to `root`) of every file under `root` (or only under
+    its sub-folder `under`), sorted.
 
     An object store takes any key: one named `m/bert/../../../etc/x` lists under `m/bert` and,
     copied to a local folder, would be written outside it. A name with an empty, "." or ".."
@@ -269,8 +272,9 @@ def listed_files(fs: pyarrow.fs.FileSystem, root: str, shown: str | None = None)
     import pyarrow.fs
 
     root = root.rstrip("/")
+    start = f"{root}/{under}" if under else root
     names = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(start, recursive=True)):
         if info.is_file:
             name = info.path[len(root) + 1 :]
             if any(part in ("", ".", "..") for part in name.split("/")):
@@ -280,6 +284,23 @@ def listed_files(fs: pyarrow.fs.FileSystem, root: str, shown: str | None = None)
                 )
             names.append(name)
     return sorted(names)
+
+
+def _listed_entries(
+    fs: pyarrow.fs.FileSystem, root: str, entries: Sequence[str], shown: str
+) -> list[str]:
+    """`listed_files` for the files and folders `entries` directly under `root` only (those
+    that exist): a model's files, without listing the checkpoints beside them."""
+    import pyarrow.fs
+
+    names = []
+    for entry in entries:
+        kind = fs.get_file_info(f"{root}/{entry}").type
+        if kind == pyarrow.fs.FileType.File:
+            names.append(entry)
+        elif kind == pyarrow.fs.FileType.Directory:
+            names += listed_files(fs, root, shown, under=entry)
+    return names
 
 
 def copy_dir(source: str, target: str, last: str | None = None, skip: tuple[str, ...] = ()) -> None:
@@ -313,12 +334,12 @@ def local_copy(uri: str, only: Sequence[str] | None = None) -> Iterator[str]:
         return
     fs, path = get_filesystem(uri)
     path = path.rstrip("/")
+    names = listed_files(fs, path, uri) if only is None else _listed_entries(fs, path, only, uri)
     with tempfile.TemporaryDirectory(prefix="raycls-model-") as local:
-        for name in listed_files(fs, path, uri):
-            if only is None or name.split("/", 1)[0] in only:
-                target = os.path.join(local, *name.split("/"))
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, COPY_CHUNK)
+        for name in names:
+            target = os.path.join(local, *name.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
         logger.info("copied %s to %s", uri, local)
         yield local
